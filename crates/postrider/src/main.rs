@@ -1,0 +1,2 @@
+//! postrider: the mail transfer agent's binary.
+fn main() {}
