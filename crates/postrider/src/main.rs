@@ -1,2 +1,6 @@
 //! postrider: the mail transfer agent's binary.
+mod cli;
+mod queue;
+mod server;
+
 fn main() {}
