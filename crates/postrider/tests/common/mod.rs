@@ -1,0 +1,273 @@
+//! Shared harness for the integration tests: runs the real postrider binary and real peers
+//! (swaks, smtp-source, the aiosmtpd sink in tests/peers/) on loopback, and waits on
+//! conditions with deadlines instead of sleeping.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// Polls `cond` until it holds or `limit` passes; panics with `what` on timeout.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A running `postrider serve` with its own config and spool in a temporary directory.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with `extra` appended to a minimal config (listen port and spool set).
+    /// `extra` may add keys to `[smtp]` by starting with them: the harness writes the top-level
+    /// keys first and `[smtp]` last, so `extra` can open its own tables.
+    pub fn start(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("postrider.toml");
+        let text = format!(
+            "hostname = \"mx.postrider.test\"\nspool = \"{}\"\n{extra}\n",
+            dir.path().join("spool").display()
+        );
+        let text = if text.contains("[smtp]") {
+            text.replacen("[smtp]", &format!("[smtp]\nlisten = [\"127.0.0.1:{port}\"]"), 1)
+        } else {
+            format!("{text}\n[smtp]\nlisten = [\"127.0.0.1:{port}\"]\n")
+        };
+        std::fs::write(&config, text).expect("write config");
+        let mut d = Daemon {
+            child: None,
+            port,
+            dir,
+            config,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postrider.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_postrider"))
+            .args(["serve", "-c"])
+            .arg(&self.config)
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn postrider");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("postrider to listen", Duration::from_secs(20), || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("postrider exited with {status}:\n{}", self.log());
+            }
+            port_open(port)
+        });
+    }
+
+    /// `postrider ARGS -c CONFIG`, returning its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_postrider"))
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .expect("run postrider cli")
+    }
+
+    /// SIGKILL: the crash the spool must survive.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit (up to `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("postrider did not exit within {limit:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The aiosmtpd sink of tests/peers/sink.py, writing what it accepts under a temp dir.
+pub struct Sink {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Sink {
+    pub fn start(args: &[&str]) -> Sink {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut child = Command::new(PYTHON)
+            .arg(repo_root().join("tests/peers/sink.py"))
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(dir.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sink.py (needs python3-aiosmtpd)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("sink ready line");
+        assert_eq!(line.trim(), "ready", "sink did not start");
+        Sink { child, port, dir }
+    }
+
+    /// The JSON lines of accepted messages.
+    pub fn messages(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("log.jsonl"))
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn max_open(&self) -> u64 {
+        let text = std::fs::read_to_string(self.dir.path().join("stats.json")).unwrap_or_default();
+        text.split("\"max_open\": ")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn message_text(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs swaks against 127.0.0.1:port with extra arguments.
+pub fn swaks(port: u16, args: &[&str]) -> Output {
+    Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{port}"), "--timeout", "20"])
+        .args(args)
+        .output()
+        .expect("run swaks (apt-get install swaks)")
+}
+
+/// A raw SMTP conversation for exact-byte tests: send bytes, read what comes back.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Raw { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads until the buffer holds `n` complete replies (final lines: "NNN " or "NNN\r\n").
+    pub fn replies(&mut self, n: usize) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let finals = text
+                .split("\r\n")
+                .filter(|l| l.len() >= 3 && l.as_bytes().get(3).is_none_or(|&c| c == b' '))
+                .count();
+            if finals >= n {
+                return text;
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return text,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                Err(e) => panic!("reading replies: {e}; got so far: {text:?}"),
+            }
+        }
+    }
+
+    /// Sends a line and returns the one reply to it.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.replies(1)
+    }
+}

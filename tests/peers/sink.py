@@ -1,0 +1,157 @@
+#!/usr/bin/python3
+"""A programmable SMTP/LMTP sink for postrider's integration tests (aiosmtpd, loopback only).
+
+Every accepted message is written to OUT/NNNNNN.eml and described by one JSON line in
+OUT/log.jsonl (sender, recipients, size, connection number, time). OUT/stats.json holds the
+connection counters, rewritten on every change, so a test can assert e.g. that no more than one
+connection per domain was ever open at once.
+
+Behaviour switches (all optional):
+  --rcpt-reply 'SUBSTRING=CODE TEXT'   reply to RCPT whose address contains SUBSTRING (repeatable)
+  --data-reply 'CODE TEXT'             reply to the final dot instead of 250
+  --greeting 'CODE TEXT'               greeting (e.g. '554 go away')
+  --drop-after-rcpt N                  close the connection after the Nth RCPT of a session
+  --delay SECONDS                      sleep before each reply to DATA (a slow server)
+  --lmtp                               speak LMTP (LHLO, one reply per recipient after DATA)
+"""
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP
+
+
+class Stats:
+    def __init__(self, out):
+        self.path = os.path.join(out, "stats.json")
+        self.open = 0
+        self.max_open = 0
+        self.total = 0
+        self.write()
+
+    def write(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"open": self.open, "max_open": self.max_open, "connections": self.total}, f)
+        os.replace(tmp, self.path)
+
+    def opened(self):
+        self.open += 1
+        self.total += 1
+        self.max_open = max(self.max_open, self.open)
+        self.write()
+        return self.total
+
+    def closed(self):
+        self.open -= 1
+        self.write()
+
+
+class Handler:
+    def __init__(self, args):
+        self.args = args
+        self.out = args.out
+        self.count = 0
+        self.rules = []
+        for r in args.rcpt_reply:
+            sub, reply = r.split("=", 1)
+            self.rules.append((sub, reply))
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        session.rcpts_seen = getattr(session, "rcpts_seen", 0) + 1
+        if self.args.drop_after_rcpt and session.rcpts_seen >= self.args.drop_after_rcpt:
+            server.transport.close()
+            return "421 closing"
+        for sub, reply in self.rules:
+            if sub in address:
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.args.delay:
+            await asyncio.sleep(self.args.delay)
+        if self.args.data_reply:
+            return self.args.data_reply
+        self.count += 1
+        name = os.path.join(self.out, "%06d.eml" % self.count)
+        data = envelope.original_content or envelope.content
+        with open(name + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(name + ".tmp", name)
+        rec = {
+            "file": os.path.basename(name),
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "size": len(data),
+            "conn": getattr(session, "conn_no", 0),
+            "time": time.time(),
+        }
+        with open(os.path.join(self.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.args.lmtp:
+            return "\r\n".join("250 2.0.0 OK" for _ in envelope.rcpt_tos)
+        return "250 2.0.0 OK queued"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--rcpt-reply", action="append", default=[])
+    p.add_argument("--data-reply")
+    p.add_argument("--greeting")
+    p.add_argument("--drop-after-rcpt", type=int, default=0)
+    p.add_argument("--delay", type=float, default=0)
+    p.add_argument("--lmtp", action="store_true")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    stats = Stats(args.out)
+    handler = Handler(args)
+    base = LMTP if args.lmtp else SMTP
+
+    class Server(base):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.session.conn_no = stats.opened()
+
+        def connection_lost(self, exc):
+            stats.closed()
+            super().connection_lost(exc)
+
+        async def _handle_client(self):
+            if args.greeting:
+                await self.push(args.greeting)
+                self.transport.close()
+                return
+            await super()._handle_client()
+
+    class Ctl(Controller):
+        def factory(self):
+            return Server(self.handler, hostname="sink.test", enable_SMTPUTF8=True)
+
+    ctl = Ctl(handler, hostname="127.0.0.1", port=args.port)
+    ctl.start()
+    # Controller.start() opens one connection of its own to check the server is up.
+    deadline = time.time() + 5
+    while stats.open > 0 and time.time() < deadline:
+        time.sleep(0.01)
+    stats.total = stats.max_open = stats.open = 0
+    stats.write()
+    print("ready", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ctl.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
