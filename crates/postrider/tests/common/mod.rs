@@ -57,10 +57,12 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = dir.path().join("postrider.toml");
-        let text = format!(
-            "hostname = \"mx.postrider.test\"\nspool = \"{}\"\n{extra}\n",
-            dir.path().join("spool").display()
-        );
+        let spool = if extra.starts_with("spool =") || extra.contains("\nspool =") {
+            String::new()
+        } else {
+            format!("spool = \"{}\"\n", dir.path().join("spool").display())
+        };
+        let text = format!("hostname = \"mx.postrider.test\"\n{spool}{extra}\n");
         let text = if text.contains("[smtp]") {
             text.replacen("[smtp]", &format!("[smtp]\nlisten = [\"127.0.0.1:{port}\"]"), 1)
         } else {

@@ -1,0 +1,299 @@
+#!/usr/bin/python3
+"""postrider vs Postfix on this machine, same load, same sink, reported as ratios.
+
+    bench/bench.py receive   # smtp-source -> MTA (postrider with delivery off; Postfix relaying)
+    bench/bench.py relay     # smtp-source -> MTA -> smtp-sink, until the last message arrives
+    bench/bench.py all
+
+Needs root (perf counts fsync system-wide), Postfix (smtp-source, smtp-sink, postfix) and a
+release build (`cargo build --release -p postrider`, done here). Writes a markdown table to
+stdout; bench/RESULTS.md keeps the recorded runs.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "postrider")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Sink:
+    """smtp-sink with its running counter parsed, so arrival times are known."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.count = 0
+        self.times = []
+        self.proc = subprocess.Popen(
+            ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{self.port}", "1000"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_port(self.port)
+
+    def _read(self):
+        buf = b""
+        while True:
+            c = self.proc.stdout.read(1)
+            if not c:
+                return
+            if c == b"\r":
+                m = re.search(rb"mesg=(\d+)", buf)
+                if m:
+                    n = int(m.group(1))
+                    now = time.time()
+                    while self.count < n:
+                        self.count += 1
+                        self.times.append(now)
+                buf = b""
+            else:
+                buf += c
+
+    def wait(self, n, timeout=600):
+        end = time.time() + timeout
+        while self.count < n and time.time() < end:
+            time.sleep(0.002)
+        return self.count >= n
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Postrider:
+    def __init__(self, extra=""):
+        self.dir = tempfile.mkdtemp(prefix="pr-bench-")
+        self.port = free_port()
+        cfg = os.path.join(self.dir, "postrider.toml")
+        with open(cfg, "w") as f:
+            f.write(f'hostname = "bench.postrider.test"\nspool = "{self.dir}/spool"\n'
+                    f'[log]\nlevel = "warn"\n{extra}\n'
+                    f'[smtp]\nlisten = ["127.0.0.1:{self.port}"]\nmax_connections_per_client = 1000\n')
+        self.proc = subprocess.Popen([BIN, "serve", "-c", cfg], stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(self.dir, "log"), "w"))
+        wait_port(self.port)
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Postfix:
+    def __init__(self, relay_port):
+        self.dir = tempfile.mkdtemp(prefix="pf-bench-")
+        self.port = free_port()
+        subprocess.run([os.path.join(ROOT, "bench", "postfix-instance.sh"), "start", self.dir,
+                        str(self.port), f"[127.0.0.1]:{relay_port}"], check=True)
+
+    def pids(self):
+        out = subprocess.run(["pgrep", "-f", f"-c {self.dir}/etc|config_directory={self.dir}"],
+                             capture_output=True, text=True).stdout.split()
+        # Postfix's children do not carry -c; take every postfix process (one instance runs).
+        out += subprocess.run(["pgrep", "-u", "postfix"], capture_output=True, text=True).stdout.split()
+        out += subprocess.run(["pgrep", "-x", "master"], capture_output=True, text=True).stdout.split()
+        return sorted({int(p) for p in out})
+
+    def stop(self):
+        subprocess.run([os.path.join(ROOT, "bench", "postfix-instance.sh"), "stop", self.dir])
+        time.sleep(0.5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def hwm_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssWatch:
+    """Samples the summed RSS of an MTA's processes (Postfix is several) and keeps the peak."""
+
+    def __init__(self, mta):
+        self.mta = mta
+        self.peak_kb = 0
+        self.stop_flag = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop_flag:
+            total = 0
+            for pid in self.mta.pids():
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        for line in f:
+                            if line.startswith("VmRSS:"):
+                                total += int(line.split()[1])
+                except OSError:
+                    pass
+            self.peak_kb = max(self.peak_kb, total)
+            time.sleep(0.05)
+
+    def stop(self):
+        self.stop_flag = True
+        self.t.join()
+        own = max((hwm_kb(p) for p in self.mta.pids()), default=0)
+        return max(self.peak_kb, own)
+
+
+def perf_fsyncs(cmd):
+    """Runs cmd under system-wide syscall counting; returns (seconds, fsync+fdatasync count)."""
+    start = time.time()
+    r = subprocess.run(["perf", "stat", "-a", "-x,", "-e",
+                        "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "--"] + cmd,
+                       capture_output=True, text=True)
+    elapsed = time.time() - start
+    n = 0
+    for line in r.stderr.splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and "sys_enter_f" in line and parts[0].strip().isdigit():
+            n += int(parts[0])
+    return elapsed, n
+
+
+def source(port, n, conc, size):
+    return ["smtp-source", "-m", str(n), "-s", str(conc), "-l", str(size),
+            "-f", "bench@src.test", "-t", "rcpt@dst.test", f"127.0.0.1:{port}"]
+
+
+def receive_case(mta_factory, n, conc, size):
+    mta = mta_factory()
+    try:
+        subprocess.run(source(mta.port, 20, 2, size), check=True)  # warm up
+        watch = RssWatch(mta)
+        t, fsyncs = perf_fsyncs(source(mta.port, n, conc, size))
+        rss = watch.stop()
+        return {"rate": n / t, "fsyncs": fsyncs / n, "rss_mb": rss / 1024}
+    finally:
+        mta.stop()
+
+
+def relay_case(mta_factory, sink, n, conc, size):
+    mta = mta_factory(sink)
+    try:
+        base = sink.count
+        subprocess.run(source(mta.port, 20, 2, size), check=True)
+        sink.wait(base + 20)
+        base = sink.count
+        watch = RssWatch(mta)
+        start = time.time()
+        subprocess.run(source(mta.port, n, conc, size), check=True)
+        ok = sink.wait(base + n)
+        t = time.time() - start
+        rss = watch.stop()
+        return {"rate": n / t if ok else 0.0, "rss_mb": rss / 1024, "complete": ok}
+    finally:
+        mta.stop()
+
+
+def latency_case(mta_factory, sink, n=200):
+    """Median time from the 250 after DATA to the message's arrival at the sink, concurrency 1."""
+    import smtplib
+    mta = mta_factory(sink)
+    try:
+        lat = []
+        c = smtplib.SMTP("127.0.0.1", mta.port)
+        c.ehlo("bench.test")
+        for i in range(n):
+            base = sink.count
+            c.sendmail("bench@src.test", ["rcpt@dst.test"], f"Subject: {i}\r\n\r\nlatency\r\n")
+            acked = time.time()
+            if sink.wait(base + 1, 10):
+                lat.append(sink.times[base] - acked)
+        c.quit()
+        lat.sort()
+        return lat[len(lat) // 2] * 1000 if lat else float("nan")
+    finally:
+        mta.stop()
+
+
+def main():
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "postrider"], cwd=ROOT, check=True)
+    rows = []
+    if what in ("receive", "all"):
+        sink = Sink()
+        print("## Receiving (smtp-source -> MTA)\n")
+        print("| size | conc | msgs | postrider msg/s | Postfix msg/s | ratio | postrider fsync/msg | Postfix fsync/msg | postrider peak RSS MB | Postfix peak RSS MB (all processes) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for size in (1024, 32768):
+            for conc in (1, 10, 50):
+                n = {1: 1000, 10: 5000, 50: 5000}[conc] if size == 1024 else {1: 500, 10: 2000, 50: 2000}[conc]
+                pr = receive_case(lambda: Postrider("[delivery]\nenabled = false\n"), n, conc, size)
+                pf = receive_case(lambda: Postfix(sink.port), n, conc, size)
+                row = (size, conc, n, pr, pf)
+                rows.append(("receive",) + row)
+                print(f"| {size} | {conc} | {n} | {pr['rate']:.0f} | {pf['rate']:.0f} | {pr['rate'] / pf['rate']:.2f} | "
+                      f"{pr['fsyncs']:.3f} | {pf['fsyncs']:.2f} | {pr['rss_mb']:.1f} | {pf['rss_mb']:.1f} |", flush=True)
+        sink.stop()
+    if what in ("relay", "all"):
+        print("\n## Relaying end to end (smtp-source -> MTA -> smtp-sink)\n")
+        sink = Sink()
+        t0 = time.time()
+        n0 = sink.count
+        subprocess.run(source(sink.port, 10000, 10, 1024), check=True)
+        sink.wait(n0 + 10000)
+        ceiling = 10000 / (time.time() - t0)
+        print(f"Ceiling, smtp-source straight into smtp-sink, 1 KB, concurrency 10: {ceiling:.0f} msg/s\n")
+        print("| size | conc | domains | msgs | postrider msg/s | Postfix msg/s | ratio | postrider peak RSS MB | Postfix peak RSS MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+
+        def pr_factory(s):
+            return Postrider(f'[routes]\n"*" = "[127.0.0.1]:{s.port}"\n')
+
+        def pf_factory(s):
+            return Postfix(s.port)
+
+        for size in (1024, 32768):
+            for conc in (10, 50):
+                n = 10000 if size == 1024 else 4000
+                pr = relay_case(pr_factory, sink, n, conc, size)
+                pf = relay_case(pf_factory, sink, n, conc, size)
+                print(f"| {size} | {conc} | 1 | {n} | {pr['rate']:.0f} | {pf['rate']:.0f} | {pr['rate'] / max(pf['rate'], 1e-9):.2f} | "
+                      f"{pr['rss_mb']:.1f} | {pf['rss_mb']:.1f} |", flush=True)
+        pr_lat = latency_case(pr_factory, sink)
+        pf_lat = latency_case(pf_factory, sink)
+        print(f"\nMedian latency from 250 to arrival at concurrency 1: postrider {pr_lat:.2f} ms, Postfix {pf_lat:.2f} ms")
+        sink.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+//! The control socket: a unix socket (owner-only) in the spool directory over which
+//! `postrider queue ...` asks the running daemon's queue manager to list, show, flush, hold,
+//! release and delete. One JSON request line in, one JSON response line out.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::manager::QueueHandle;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    List,
+    Show { id: String },
+    Shape { top: usize },
+    Flush { domain: Option<String> },
+    Hold { id: String },
+    Release { id: String },
+    Delete { id: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    List(Vec<MessageInfo>),
+    Message(MessageInfo),
+    Shape(Vec<ShapeRow>),
+    Done(String),
+    Error { message: String },
+}
+
+impl Response {
+    pub fn error(message: impl Into<String>) -> Self {
+        Response::Error {
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub id: String,
+    pub size: u64,
+    pub arrival: u64,
+    pub sender: String,
+    pub held: bool,
+    pub recipients: Vec<RecipientInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecipientInfo {
+    pub address: String,
+    pub state: String,
+    pub tries: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShapeRow {
+    pub domain: String,
+    pub total: u64,
+    /// Counts per age bucket: < 5, 10, 20, 40, 80, 160, 320, 640, 1280 minutes, and older.
+    pub buckets: Vec<u64>,
+}
+
+/// Serves the control socket until shutdown. The socket is created owner-only (0600).
+pub async fn serve(
+    path: PathBuf,
+    queue: QueueHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    set_owner_only(&path)?;
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = shutdown.cancelled() => break,
+        };
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, queue).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+fn set_owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+async fn answer(stream: UnixStream, queue: QueueHandle) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => queue.control(req).await,
+            Err(e) => Response::error(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&resp).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// Client side for the CLI: one request, one response. `Ok(None)` when no daemon listens.
+pub fn request(path: &Path, req: &Request) -> std::io::Result<Option<Response>> {
+    use std::io::{BufRead, Write};
+    let stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut w = stream.try_clone()?;
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    let mut resp = String::new();
+    std::io::BufReader::new(stream).read_line(&mut resp)?;
+    serde_json::from_str(&resp)
+        .map(Some)
+        .map_err(|e| std::io::Error::other(format!("bad response from daemon: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json() {
+        for req in [
+            Request::List,
+            Request::Show { id: "S1".into() },
+            Request::Shape { top: 5 },
+            Request::Flush { domain: None },
+            Request::Flush {
+                domain: Some("example.com".into()),
+            },
+            Request::Hold { id: "S2".into() },
+            Request::Release { id: "S3".into() },
+            Request::Delete { id: "S4".into() },
+        ] {
+            let text = serde_json::to_string(&req).unwrap();
+            assert!(!text.contains('\n'));
+            assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::List).unwrap(),
+            r#"{"cmd":"list"}"#
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! Delivery attempts: one domain, one connection, a batch of messages newest first.
+//!
+//! The queue manager hands a [`Attempt`] to [`Deliverer::run`]; the deliverer resolves the
+//! domain afresh (MX is never stored in the queue), talks SMTP or LMTP, makes every
+//! recipient's result durable in the spool, and only then reports back.
+
+use spool::{BodyType, DsnRet, MessageRef, Notify, TxnId};
+
+use crate::queue::schedule::DomainId;
+
+/// One attempt for one domain.
+pub struct Attempt {
+    pub domain: DomainId,
+    pub domain_name: String,
+    pub messages: Vec<JobMessage>,
+}
+
+pub struct JobMessage {
+    pub id: TxnId,
+    pub mref: MessageRef,
+    pub sender: String,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    pub envid: Option<String>,
+    pub ret: Option<DsnRet>,
+    pub size: u64,
+    /// Older than `delivery.max_queue_time`: fail without trying.
+    pub expired: bool,
+    pub recipients: Vec<JobRecipient>,
+}
+
+pub struct JobRecipient {
+    pub index: u16,
+    pub address: String,
+    pub notify: Notify,
+    pub orcpt: Option<String>,
+    pub tries: u32,
+}
+
+pub struct AttemptReport {
+    pub domain: DomainId,
+    pub domain_name: String,
+    pub results: Vec<RcptResult>,
+}
+
+pub struct RcptResult {
+    pub id: TxnId,
+    pub index: u16,
+    pub outcome: RcptOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Delivered { relay: String, reply: String },
+    Deferred { relay: Option<String>, reply: String },
+    Failed { relay: Option<String>, reply: String },
+}
+
+pub mod client;
+pub mod tls;
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use client::{Client, ClientSettings, SessionError};
+use resolver::{Destination, Resolver};
+use spool::{RcptState, Spool, Update};
+use tracing::{info, warn};
+
+/// Runs delivery attempts; shared by every attempt task (its parts are all handles).
+pub struct Deliverer {
+    pub resolver: Resolver,
+    pub spool: Spool,
+    pub settings: ClientSettings,
+    pub source_address: Option<IpAddr>,
+    pub max_queue_time: std::time::Duration,
+}
+
+fn all(msg: &JobMessage, outcome: &RcptOutcome) -> impl Iterator<Item = RcptResult> {
+    msg.recipients.iter().map(move |r| RcptResult {
+        id: msg.id,
+        index: r.index,
+        outcome: outcome.clone(),
+    })
+}
+
+impl Deliverer {
+    /// One attempt: resolve afresh, one connection, every message in order; the recipient
+    /// results are durable in the spool before this returns.
+    pub async fn run(&self, attempt: Attempt) -> AttemptReport {
+        let tries: std::collections::HashMap<(TxnId, u16), u32> = attempt
+            .messages
+            .iter()
+            .flat_map(|m| m.recipients.iter().map(move |r| ((m.id, r.index), r.tries)))
+            .collect();
+        let mut results = Vec::new();
+        let (expired, live): (Vec<JobMessage>, Vec<JobMessage>) =
+            attempt.messages.into_iter().partition(|m| m.expired);
+        for m in &expired {
+            let days = self.max_queue_time.as_secs() / 86_400;
+            let outcome = RcptOutcome::Failed {
+                relay: None,
+                reply: format!("4.4.7 message expired: undeliverable for {days} days"),
+            };
+            results.extend(all(m, &outcome));
+        }
+        if !live.is_empty() {
+            match self.resolver.resolve(&attempt.domain_name).await {
+                Err(f) => {
+                    let outcome = if f.permanent {
+                        RcptOutcome::Failed { relay: None, reply: f.to_string() }
+                    } else {
+                        RcptOutcome::Deferred { relay: None, reply: f.to_string() }
+                    };
+                    for m in &live {
+                        results.extend(all(m, &outcome));
+                    }
+                }
+                Ok(dests) => self.deliver(&dests, live, &mut results).await,
+            }
+        }
+        self.record(&results, &tries).await;
+        for r in &results {
+            log_result(&attempt.domain_name, r);
+        }
+        AttemptReport {
+            domain: attempt.domain,
+            domain_name: attempt.domain_name,
+            results,
+        }
+    }
+
+    async fn open(&self, dest: &Destination) -> Result<Client, SessionError> {
+        let relay = dest.to_string();
+        let io: Box<dyn client::Io> = match dest.unix_path() {
+            Some(path) => Box::new(
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| SessionError::Connect(relay.clone(), e))?,
+            ),
+            None => Box::new(
+                client::connect_tcp(
+                    dest.socket_addr().expect("tcp destination has an address"),
+                    self.source_address,
+                    self.settings.connect_timeout,
+                )
+                .await?,
+            ),
+        };
+        Client::start(io, relay, dest.is_lmtp(), self.settings.clone(), dest.host()).await
+    }
+
+    async fn deliver(&self, dests: &[Destination], live: Vec<JobMessage>, results: &mut Vec<RcptResult>) {
+        let mut pending: VecDeque<JobMessage> = live.into();
+        let mut last_error: Option<SessionError> = None;
+        'dests: for dest in dests {
+            let mut client = match self.open(dest).await {
+                Ok(c) => c,
+                Err(e) => {
+                    info!(domain = dest.host(), "{e}; trying the next destination");
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            let mut first = true;
+            while let Some(msg) = pending.front() {
+                if !first && let Err(e) = client.rset().await {
+                    last_error = Some(e);
+                    break 'dests;
+                }
+                first = false;
+                let content = match self.spool.open_content(&msg.mref) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(queue_id = %msg.id, "cannot read content from the spool: {e}");
+                        let outcome = RcptOutcome::Deferred {
+                            relay: None,
+                            reply: format!("4.3.0 spool read error: {e}"),
+                        };
+                        results.extend(all(msg, &outcome));
+                        pending.pop_front();
+                        continue;
+                    }
+                };
+                match client.send(msg, content).await {
+                    Ok(res) => {
+                        results.extend(res.into_iter().map(|(index, outcome)| RcptResult {
+                            id: msg.id,
+                            index,
+                            outcome,
+                        }));
+                        pending.pop_front();
+                    }
+                    Err(e) => {
+                        // The connection broke mid-batch: the rest waits for the next attempt.
+                        last_error = Some(e);
+                        break 'dests;
+                    }
+                }
+            }
+            client.quit().await;
+            break;
+        }
+        let reply = match &last_error {
+            Some(e) => e.as_reply_text(),
+            None if dests.is_empty() => "4.4.4 no destination to try".to_string(),
+            None => "4.4.1 delivery not completed".to_string(),
+        };
+        let outcome = RcptOutcome::Deferred {
+            relay: None,
+            reply,
+        };
+        for m in &pending {
+            results.extend(all(m, &outcome));
+        }
+    }
+
+    async fn record(&self, results: &[RcptResult], tries: &std::collections::HashMap<(TxnId, u16), u32>) {
+        let updates: Vec<Update> = results
+            .iter()
+            .map(|r| {
+                let (state, last_error) = match &r.outcome {
+                    RcptOutcome::Delivered { .. } => (RcptState::Delivered, None),
+                    RcptOutcome::Deferred { reply, .. } => (RcptState::Deferred, Some(reply.clone())),
+                    RcptOutcome::Failed { reply, .. } => (RcptState::Failed, Some(reply.clone())),
+                };
+                Update::Rcpt {
+                    id: r.id,
+                    index: r.index,
+                    state,
+                    tries: tries.get(&(r.id, r.index)).copied().unwrap_or(0) + 1,
+                    last_error,
+                    next_attempt: 0,
+                }
+            })
+            .collect();
+        if updates.is_empty() {
+            return;
+        }
+        // If this fails the results stay only in memory: after a crash the recipients are
+        // tried again (a duplicate, never a loss).
+        if let Err(e) = self.spool.update(updates).await {
+            warn!("could not record delivery results: {e}");
+        }
+    }
+}
+
+fn log_result(domain: &str, r: &RcptResult) {
+    match &r.outcome {
+        RcptOutcome::Delivered { relay, reply } => {
+            info!(queue_id = %r.id, rcpt = r.index, domain, relay, status = "sent", reply, "delivered")
+        }
+        RcptOutcome::Deferred { relay, reply } => info!(
+            queue_id = %r.id, rcpt = r.index, domain, relay = relay.as_deref().unwrap_or("none"),
+            status = "deferred", reply, "deferred"
+        ),
+        RcptOutcome::Failed { relay, reply } => info!(
+            queue_id = %r.id, rcpt = r.index, domain, relay = relay.as_deref().unwrap_or("none"),
+            status = "bounced", reply, "failed"
+        ),
+    }
+}

@@ -1,0 +1,185 @@
+//! `postrider queue ...`: asks the running daemon over its control socket; when no daemon
+//! answers, reads the spool read-only so `list`, `show` and `shape` still work.
+
+use std::process::ExitCode;
+
+use config::Config;
+use spool::RcptState;
+
+use crate::cli::QueueAction;
+use crate::control::{self, MessageInfo, RecipientInfo, Request, Response, ShapeRow};
+use crate::sysexits;
+
+pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
+    let req = match action {
+        QueueAction::List => Request::List,
+        QueueAction::Show { id } => Request::Show { id },
+        QueueAction::Shape { top } => Request::Shape { top },
+        QueueAction::Flush { domain } => Request::Flush { domain },
+        QueueAction::Hold { id } => Request::Hold { id },
+        QueueAction::Release { id } => Request::Release { id },
+        QueueAction::Delete { id } => Request::Delete { id },
+        QueueAction::Run { .. } => {
+            eprintln!("postrider queue run: not implemented yet");
+            return ExitCode::from(2);
+        }
+    };
+    let resp = match control::request(&cfg.control_socket(), &req) {
+        Ok(Some(r)) => r,
+        Ok(None) => match offline(cfg, &req) {
+            Ok(r) => r,
+            Err(code) => return code,
+        },
+        Err(e) => {
+            eprintln!("postrider: control socket {}: {e}", cfg.control_socket().display());
+            return ExitCode::from(sysexits::UNAVAILABLE);
+        }
+    };
+    print(resp, json)
+}
+
+/// The daemon is down: answer read-only questions from the spool itself.
+fn offline(cfg: &Config, req: &Request) -> Result<Response, ExitCode> {
+    if !matches!(req, Request::List | Request::Show { .. } | Request::Shape { .. }) {
+        eprintln!("postrider: the daemon is not running (no control socket at {}); only list, show and shape work without it", cfg.control_socket().display());
+        return Err(ExitCode::from(sysexits::UNAVAILABLE));
+    }
+    if !cfg.spool.exists() {
+        return Ok(match req {
+            Request::Show { id } => Response::error(format!("no message {id} in the queue")),
+            Request::Shape { .. } => Response::Shape(vec![]),
+            _ => Response::List(vec![]),
+        });
+    }
+    let rec = spool::inspect(&cfg.spool).map_err(|e| {
+        eprintln!("postrider: reading the spool {}: {e}", cfg.spool.display());
+        ExitCode::from(sysexits::SOFTWARE)
+    })?;
+    let mut list: Vec<MessageInfo> = rec
+        .messages
+        .iter()
+        .map(|(env, mref)| MessageInfo {
+            id: env.id.to_string(),
+            size: mref.len(),
+            arrival: env.arrival,
+            sender: env.sender.clone(),
+            held: env.held,
+            recipients: env
+                .recipients
+                .iter()
+                .map(|r| RecipientInfo {
+                    address: r.address.clone(),
+                    state: format!("{:?}", r.state).to_lowercase(),
+                    tries: r.tries,
+                    last_error: r.last_error.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(match req {
+        Request::Show { id } => match list.into_iter().find(|m| &m.id == id) {
+            Some(m) => Response::Message(m),
+            None => Response::error(format!("no message {id} in the queue")),
+        },
+        Request::Shape { top } => Response::Shape(shape_of(&list, *top)),
+        _ => Response::List(list),
+    })
+}
+
+fn shape_of(list: &[MessageInfo], top: usize) -> Vec<ShapeRow> {
+    const BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut rows: std::collections::BTreeMap<String, ShapeRow> = Default::default();
+    for m in list {
+        let age = now.saturating_sub(m.arrival) / 60;
+        let b = BUCKETS.iter().position(|&x| age < x).unwrap_or(BUCKETS.len());
+        for r in &m.recipients {
+            if r.state == format!("{:?}", RcptState::Delivered).to_lowercase()
+                || r.state == format!("{:?}", RcptState::Failed).to_lowercase()
+            {
+                continue;
+            }
+            let d = crate::queue::manager::rcpt_domain(&r.address);
+            let row = rows.entry(d.clone()).or_insert_with(|| ShapeRow {
+                domain: d,
+                total: 0,
+                buckets: vec![0; BUCKETS.len() + 1],
+            });
+            row.total += 1;
+            row.buckets[b] += 1;
+        }
+    }
+    let mut rows: Vec<ShapeRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));
+    rows.truncate(top);
+    rows
+}
+
+fn print(resp: Response, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(&resp) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("postrider: {e}");
+                return ExitCode::from(sysexits::SOFTWARE);
+            }
+        }
+        return match resp {
+            Response::Error { .. } => ExitCode::FAILURE,
+            _ => ExitCode::SUCCESS,
+        };
+    }
+    match resp {
+        Response::List(list) => {
+            if list.is_empty() {
+                println!("Mail queue is empty");
+            }
+            for m in &list {
+                let held = if m.held { " (held)" } else { "" };
+                let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+                println!("{}{held} {:>8} {} {sender}", m.id, m.size, crate::server::headers::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.arrival)));
+                for r in &m.recipients {
+                    match &r.last_error {
+                        Some(e) => println!("    {} [{}, {} tries] {e}", r.address, r.state, r.tries),
+                        None => println!("    {} [{}]", r.address, r.state),
+                    }
+                }
+            }
+            if !list.is_empty() {
+                let n: usize = list.iter().map(|m| m.recipients.len()).sum();
+                println!("-- {} message(s), {n} recipient(s)", list.len());
+            }
+            ExitCode::SUCCESS
+        }
+        Response::Message(m) => {
+            println!("id: {}\nsize: {}\narrival: {}\nsender: <{}>\nheld: {}", m.id, m.size, m.arrival, m.sender, m.held);
+            for r in &m.recipients {
+                println!("recipient: <{}> state={} tries={} last_error={}", r.address, r.state, r.tries, r.last_error.as_deref().unwrap_or("-"));
+            }
+            ExitCode::SUCCESS
+        }
+        Response::Shape(rows) => {
+            println!("{:<30} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5}", "domain", "total", "5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+");
+            for r in rows {
+                print!("{:<30} {:>6}", r.domain, r.total);
+                for b in r.buckets {
+                    print!(" {b:>5}");
+                }
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Response::Done(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Response::Error { message } => {
+            eprintln!("postrider: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

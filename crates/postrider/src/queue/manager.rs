@@ -1,0 +1,492 @@
+//! The queue manager task: the single owner of the in-memory queue (every live message and
+//! the per-domain scheduler). Sessions hand it committed messages, delivery attempts hand it
+//! their per-recipient results (already durable in the spool), and the control socket asks it
+//! questions; all through one typed channel, answered over oneshots.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use spool::{Envelope, MessageRef, RcptState, Spool, TxnId, Update};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::schedule::{AttemptOutcome, DomainId, Scheduler};
+use crate::control::{MessageInfo, RecipientInfo, Request, Response, ShapeRow};
+use crate::deliver::{Attempt, AttemptReport, Deliverer, JobMessage, JobRecipient, RcptOutcome};
+
+/// One undelivered (message, recipient) pair, as it sits in a domain's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pair {
+    pub id: TxnId,
+    pub rcpt: u16,
+}
+
+struct Msg {
+    env: Envelope,
+    mref: MessageRef,
+    size: u64,
+    /// Recipients not yet final (delivered or failed).
+    open: usize,
+}
+
+pub enum QueueMsg {
+    /// A message the spool has made durable.
+    Arrived {
+        env: Envelope,
+        mref: MessageRef,
+        size: u64,
+    },
+    /// A delivery attempt ended; its recipient updates are already durable.
+    AttemptDone(AttemptReport),
+    Control(Request, oneshot::Sender<Response>),
+}
+
+/// A cheap handle for talking to the queue manager.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: mpsc::Sender<QueueMsg>,
+}
+
+impl QueueHandle {
+    pub async fn arrived(&self, env: Envelope, mref: MessageRef, size: u64) {
+        // The queue manager only stops at shutdown; the message is safe in the spool and
+        // recovery picks it up at the next start.
+        let _ = self.tx.send(QueueMsg::Arrived { env, mref, size }).await;
+    }
+
+    pub async fn control(&self, req: Request) -> Response {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(QueueMsg::Control(req, tx)).await.is_err() {
+            return Response::error("queue manager is shutting down");
+        }
+        rx.await
+            .unwrap_or_else(|_| Response::error("queue manager is shutting down"))
+    }
+}
+
+pub struct Settings {
+    pub backoff: Vec<Duration>,
+    pub concurrency: usize,
+    pub messages_per_connection: usize,
+    pub max_queue_time: Duration,
+    pub delivery_enabled: bool,
+}
+
+pub struct Manager {
+    messages: HashMap<TxnId, Msg>,
+    sched: Scheduler<Pair>,
+    spool: Spool,
+    deliverer: Arc<Deliverer>,
+    settings: Settings,
+    rx: mpsc::Receiver<QueueMsg>,
+    tx: mpsc::Sender<QueueMsg>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The domain a recipient is scheduled under.
+pub fn rcpt_domain(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((_, d)) => d.trim_end_matches('.').to_ascii_lowercase(),
+        None => String::new(),
+    }
+}
+
+impl Manager {
+    pub fn new(spool: Spool, deliverer: Arc<Deliverer>, settings: Settings) -> (Self, QueueHandle) {
+        let (tx, rx) = mpsc::channel(4096);
+        let sched = Scheduler::new(settings.backoff.clone(), settings.concurrency);
+        let m = Manager {
+            messages: HashMap::new(),
+            sched,
+            spool,
+            deliverer,
+            settings,
+            rx,
+            tx: tx.clone(),
+        };
+        (m, QueueHandle { tx })
+    }
+
+    /// Loads what recovery found: schedules first, then every open recipient, newest first.
+    pub fn recover(
+        &mut self,
+        mut messages: Vec<(Envelope, MessageRef)>,
+        schedules: Vec<spool::DomainSchedule>,
+    ) {
+        let now = Instant::now();
+        let unow = unix_now();
+        for s in schedules {
+            let next = (s.next_attempt > unow)
+                .then(|| now + Duration::from_secs(s.next_attempt - unow));
+            self.sched.restore(&s.domain, s.level, next);
+        }
+        messages.sort_by(|a, b| b.0.id.cmp(&a.0.id));
+        for (env, mref) in messages {
+            let size = mref.len();
+            self.insert(env, mref, size, false, now);
+        }
+    }
+
+    fn insert(&mut self, env: Envelope, mref: MessageRef, size: u64, new: bool, now: Instant) {
+        let id = env.id;
+        let mut open = 0;
+        for (i, r) in env.recipients.iter().enumerate() {
+            if matches!(r.state, RcptState::Delivered | RcptState::Failed) {
+                continue;
+            }
+            open += 1;
+            if env.held {
+                continue;
+            }
+            let pair = Pair { id, rcpt: i as u16 };
+            let domain = rcpt_domain(&r.address);
+            if new {
+                self.sched.add_new(&domain, pair, now);
+            } else {
+                self.sched.add_recovered(&domain, pair, now);
+            }
+        }
+        if open > 0 {
+            self.messages.insert(
+                id,
+                Msg {
+                    env,
+                    mref,
+                    size,
+                    open,
+                },
+            );
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            self.start_attempts();
+            let wake = self.sched.next_wakeup();
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(m) => self.handle(m).await,
+                    None => return,
+                },
+                _ = sleep => {}
+                _ = shutdown.cancelled(), if self.sched.in_flight() == 0 => return,
+            }
+        }
+    }
+
+    fn start_attempts(&mut self) {
+        if !self.settings.delivery_enabled {
+            return;
+        }
+        let now = Instant::now();
+        let unow = unix_now();
+        while let Some((domain, batch)) =
+            self.sched.start_next(now, self.settings.messages_per_connection)
+        {
+            let attempt = self.build_attempt(domain, batch, unow);
+            let deliverer = self.deliverer.clone();
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let report = deliverer.run(attempt).await;
+                let _ = tx.send(QueueMsg::AttemptDone(report)).await;
+            });
+        }
+    }
+
+    /// Groups the batch by message, newest first, keeping each message's recipients together.
+    fn build_attempt(&self, domain: DomainId, batch: Vec<Pair>, unow: u64) -> Attempt {
+        let mut order: Vec<TxnId> = Vec::new();
+        let mut by_msg: HashMap<TxnId, Vec<u16>> = HashMap::new();
+        for p in &batch {
+            by_msg
+                .entry(p.id)
+                .or_insert_with(|| {
+                    order.push(p.id);
+                    Vec::new()
+                })
+                .push(p.rcpt);
+        }
+        let max_age = self.settings.max_queue_time.as_secs();
+        let messages = order
+            .into_iter()
+            .filter_map(|id| {
+                let m = self.messages.get(&id)?;
+                let rcpts = by_msg.remove(&id).unwrap_or_default();
+                Some(JobMessage {
+                    id,
+                    mref: m.mref.clone(),
+                    sender: m.env.sender.clone(),
+                    body: m.env.body,
+                    smtputf8: m.env.smtputf8,
+                    envid: m.env.envid.clone(),
+                    ret: m.env.ret,
+                    size: m.size,
+                    expired: unow.saturating_sub(m.env.arrival) > max_age,
+                    recipients: rcpts
+                        .into_iter()
+                        .map(|i| {
+                            let r = &m.env.recipients[i as usize];
+                            JobRecipient {
+                                index: i,
+                                address: r.address.clone(),
+                                notify: r.notify,
+                                orcpt: r.orcpt.clone(),
+                                tries: r.tries,
+                            }
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Attempt {
+            domain,
+            domain_name: self.sched.name(domain).to_owned(),
+            messages,
+        }
+    }
+
+    async fn handle(&mut self, msg: QueueMsg) {
+        match msg {
+            QueueMsg::Arrived { env, mref, size } => {
+                self.insert(env, mref, size, true, Instant::now());
+            }
+            QueueMsg::AttemptDone(report) => self.attempt_done(report).await,
+            QueueMsg::Control(req, reply) => {
+                let resp = self.control(req).await;
+                let _ = reply.send(resp);
+            }
+        }
+    }
+
+    async fn attempt_done(&mut self, report: AttemptReport) {
+        let now = Instant::now();
+        let mut retry = Vec::new();
+        let mut done = Vec::new();
+        for r in &report.results {
+            let Some(m) = self.messages.get_mut(&r.id) else {
+                continue;
+            };
+            let Some(rc) = m.env.recipients.get_mut(r.index as usize) else {
+                continue;
+            };
+            rc.tries += 1;
+            match &r.outcome {
+                RcptOutcome::Delivered { .. } => rc.state = RcptState::Delivered,
+                RcptOutcome::Failed { reply, .. } => {
+                    rc.state = RcptState::Failed;
+                    rc.last_error = Some(reply.clone());
+                }
+                RcptOutcome::Deferred { reply, .. } => {
+                    rc.state = RcptState::Deferred;
+                    rc.last_error = Some(reply.clone());
+                    retry.push(Pair {
+                        id: r.id,
+                        rcpt: r.index,
+                    });
+                }
+            }
+            if matches!(rc.state, RcptState::Delivered | RcptState::Failed) {
+                m.open -= 1;
+                if m.open == 0 {
+                    done.push(r.id);
+                }
+            }
+        }
+        let outcome = if retry.is_empty() {
+            AttemptOutcome::Complete
+        } else {
+            AttemptOutcome::Incomplete
+        };
+        self.sched.finish(report.domain, retry, outcome, now);
+        let mut updates: Vec<Update> = done.iter().map(|&id| Update::Done { id }).collect();
+        if let Some(id) = self.sched.id(&report.domain_name) {
+            let st = self.sched.state(id);
+            let next = st
+                .next_attempt
+                .map(|t| unix_now() + t.saturating_duration_since(now).as_secs())
+                .unwrap_or(0);
+            updates.push(Update::Schedule(spool::DomainSchedule {
+                domain: report.domain_name.clone(),
+                level: st.level,
+                next_attempt: next,
+            }));
+        }
+        for id in &done {
+            self.messages.remove(id);
+        }
+        if !updates.is_empty() {
+            // The recipient records are already durable: losing these only costs reclaim
+            // work or a schedule position after a crash, never mail.
+            let spool = self.spool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = spool.update(updates).await {
+                    tracing::warn!("could not record queue state: {e}");
+                }
+            });
+        }
+    }
+
+    fn info(&self, m: &Msg) -> MessageInfo {
+        MessageInfo {
+            id: m.env.id.to_string(),
+            size: m.size,
+            arrival: m.env.arrival,
+            sender: m.env.sender.clone(),
+            held: m.env.held,
+            recipients: m
+                .env
+                .recipients
+                .iter()
+                .map(|r| RecipientInfo {
+                    address: r.address.clone(),
+                    state: format!("{:?}", r.state).to_lowercase(),
+                    tries: r.tries,
+                    last_error: r.last_error.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    async fn control(&mut self, req: Request) -> Response {
+        match req {
+            Request::List => {
+                let mut list: Vec<MessageInfo> =
+                    self.messages.values().map(|m| self.info(m)).collect();
+                list.sort_by(|a, b| a.id.cmp(&b.id));
+                Response::List(list)
+            }
+            Request::Show { id } => match self.find(&id) {
+                Some(m) => Response::Message(self.info(m)),
+                None => Response::error(format!("no message {id} in the queue")),
+            },
+            Request::Shape { top } => Response::Shape(self.shape(top)),
+            Request::Flush { domain } => {
+                let now = Instant::now();
+                let ids: Vec<DomainId> = match &domain {
+                    Some(d) => self.sched.id(&d.to_ascii_lowercase()).into_iter().collect(),
+                    None => self.sched.domains().map(|(id, ..)| id).collect(),
+                };
+                if domain.is_some() && ids.is_empty() {
+                    return Response::error(format!(
+                        "no mail queued for {}",
+                        domain.unwrap_or_default()
+                    ));
+                }
+                for id in &ids {
+                    self.sched.flush(*id, now);
+                }
+                Response::Done(format!("flushing {} domain(s)", ids.len()))
+            }
+            Request::Hold { id } => self.set_held(&id, true).await,
+            Request::Release { id } => self.set_held(&id, false).await,
+            Request::Delete { id } => {
+                let Some(tid) = self.find(&id).map(|m| m.env.id) else {
+                    return Response::error(format!("no message {id} in the queue"));
+                };
+                if let Err(e) = self.spool.update(vec![Update::Delete { id: tid }]).await {
+                    return Response::error(format!("spool: {e}"));
+                }
+                self.sched.remove_where(|p| p.id == tid);
+                self.messages.remove(&tid);
+                tracing::info!(queue_id = %tid, "deleted by the administrator");
+                Response::Done(format!("{tid} deleted"))
+            }
+        }
+    }
+
+    fn find(&self, id: &str) -> Option<&Msg> {
+        let tid: TxnId = id.parse().ok()?;
+        self.messages.get(&tid)
+    }
+
+    async fn set_held(&mut self, id: &str, held: bool) -> Response {
+        let Some(tid) = self.find(id).map(|m| m.env.id) else {
+            return Response::error(format!("no message {id} in the queue"));
+        };
+        let upd = if held {
+            Update::Hold { id: tid }
+        } else {
+            Update::Release { id: tid }
+        };
+        if let Err(e) = self.spool.update(vec![upd]).await {
+            return Response::error(format!("spool: {e}"));
+        }
+        let Some(m) = self.messages.get_mut(&tid) else {
+            return Response::error(format!("no message {id} in the queue"));
+        };
+        if m.env.held == held {
+            return Response::Done(format!("{tid} unchanged"));
+        }
+        m.env.held = held;
+        if held {
+            self.sched.remove_where(|p| p.id == tid);
+        } else {
+            let now = Instant::now();
+            let pairs: Vec<(String, Pair)> = m
+                .env
+                .recipients
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !matches!(r.state, RcptState::Delivered | RcptState::Failed))
+                .map(|(i, r)| {
+                    (
+                        rcpt_domain(&r.address),
+                        Pair {
+                            id: tid,
+                            rcpt: i as u16,
+                        },
+                    )
+                })
+                .collect();
+            for (d, p) in pairs {
+                self.sched.add_new(&d, p, now);
+            }
+        }
+        tracing::info!(queue_id = %tid, held, "hold state changed by the administrator");
+        Response::Done(format!("{tid} {}", if held { "held" } else { "released" }))
+    }
+
+    /// Domains by pending recipients across age buckets (minutes), like Postfix's qshape.
+    fn shape(&self, top: usize) -> Vec<ShapeRow> {
+        const BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
+        let unow = unix_now();
+        let mut rows: HashMap<String, ShapeRow> = HashMap::new();
+        for m in self.messages.values() {
+            let age_min = unow.saturating_sub(m.env.arrival) / 60;
+            let bucket = BUCKETS
+                .iter()
+                .position(|&b| age_min < b)
+                .unwrap_or(BUCKETS.len());
+            for r in &m.env.recipients {
+                if matches!(r.state, RcptState::Delivered | RcptState::Failed) {
+                    continue;
+                }
+                let d = rcpt_domain(&r.address);
+                let row = rows.entry(d.clone()).or_insert_with(|| ShapeRow {
+                    domain: d,
+                    total: 0,
+                    buckets: vec![0; BUCKETS.len() + 1],
+                });
+                row.total += 1;
+                row.buckets[bucket] += 1;
+            }
+        }
+        let mut rows: Vec<ShapeRow> = rows.into_values().collect();
+        rows.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));
+        rows.truncate(top);
+        rows
+    }
+}

@@ -1,0 +1,178 @@
+//! `postrider serve`: wires the components together, runs until SIGTERM/SIGINT, then shuts
+//! down in order (stop accepting, let sessions and deliveries finish up to a deadline, flush
+//! the spool).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use config::Config;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::deliver::Deliverer;
+use crate::deliver::client::{ClientSettings, TlsMode};
+use crate::queue::manager::{Manager, Settings};
+use crate::server::{self, Ctx, limits::ConnLimits};
+
+/// How long in-flight sessions and deliveries get after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+pub fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("POSTRIDER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(cfg.log.level.clone()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    if cfg.log.format == config::LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(Arc::new(cfg)))
+}
+
+async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+    let (spool, recovery) = spool::open(spool::SpoolConfig::new(cfg.spool.clone()))
+        .with_context(|| format!("opening the spool {}", cfg.spool.display()))?;
+    info!("spool {}: {}", cfg.spool.display(), recovery.report);
+
+    let mut listeners = Vec::new();
+    for addr in &cfg.smtp.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("smtp.listen: cannot listen on {addr}"))?;
+        info!("listening on {addr}");
+        listeners.push(l);
+    }
+
+    let resolver = resolver::Resolver::new(crate::serve::resolver_config(&cfg))
+        .context("setting up the resolver")?;
+    let local = Arc::new(resolver::LocalPolicy::from_config(&cfg).context("local recipients")?);
+    let tls = match (&cfg.smtp.tls_cert, &cfg.smtp.tls_key) {
+        (Some(c), Some(k)) => Some(server::tls_acceptor(c, k)?),
+        _ => None,
+    };
+    let deliverer = Arc::new(Deliverer {
+        resolver,
+        spool: spool.clone(),
+        settings: client_settings(&cfg),
+        source_address: cfg.delivery.source_address,
+        max_queue_time: cfg.delivery.max_queue_time,
+    });
+    let (mut manager, queue) = Manager::new(
+        spool.clone(),
+        deliverer,
+        Settings {
+            backoff: cfg.delivery.backoff.clone(),
+            concurrency: cfg.delivery.concurrency,
+            messages_per_connection: cfg.delivery.messages_per_connection,
+            max_queue_time: cfg.delivery.max_queue_time,
+            delivery_enabled: cfg.delivery.enabled,
+        },
+    );
+    manager.recover(recovery.messages, recovery.schedules);
+
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        spool: spool.clone(),
+        queue: queue.clone(),
+        local,
+        tls,
+        shutdown: shutdown.clone(),
+        limits: ConnLimits::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_client),
+    });
+    let qm_shutdown = CancellationToken::new();
+    let qm = tokio::spawn(manager.run(qm_shutdown.clone()));
+    let control = tokio::spawn(crate::control::serve(
+        cfg.control_socket(),
+        queue.clone(),
+        shutdown.clone(),
+    ));
+    let mut accepts = Vec::new();
+    for l in listeners {
+        accepts.push(tokio::spawn(server::accept_loop(l, ctx.clone(), sessions.clone())));
+    }
+
+    wait_for_signal().await;
+    info!("shutting down: no new connections, sessions get 421");
+    shutdown.cancel();
+    for a in accepts {
+        let _ = a.await;
+    }
+    sessions.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+        warn!("sessions still open after {SHUTDOWN_GRACE:?}; closing them");
+    }
+    qm_shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, qm).await.is_err() {
+        warn!("deliveries still running after {SHUTDOWN_GRACE:?}; they will be retried");
+    }
+    let _ = control.await;
+    spool.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn client_settings(cfg: &Config) -> ClientSettings {
+    let d = &cfg.delivery;
+    ClientSettings {
+        hostname: cfg.hostname.clone(),
+        helo: d.helo,
+        tls: match d.tls {
+            config::TlsPolicy::None => TlsMode::None,
+            config::TlsPolicy::Opportunistic => TlsMode::Opportunistic,
+            config::TlsPolicy::Required => TlsMode::Required,
+        },
+        tls_config: crate::deliver::tls::client_config(),
+        transcript: d.transcript,
+        connect_timeout: d.connect_timeout,
+        greeting_timeout: d.greeting_timeout,
+        mail_timeout: d.mail_timeout,
+        rcpt_timeout: d.rcpt_timeout,
+        data_timeout: d.data_timeout,
+        data_block_timeout: d.data_block_timeout,
+        data_done_timeout: d.data_done_timeout,
+    }
+}
+
+pub fn resolver_config(cfg: &Config) -> resolver::ResolverConfig {
+    let mut self_addresses = cfg.delivery.self_addresses.clone();
+    self_addresses.extend(cfg.smtp.listen.iter().map(|a| a.ip()));
+    resolver::ResolverConfig {
+        nameservers: cfg.dns.nameservers.clone(),
+        timeout: cfg.dns.timeout,
+        attempts: cfg.dns.attempts,
+        routes: cfg.routes.clone(),
+        local_domains: cfg.local.domains.clone(),
+        lmtp: cfg.local.lmtp.clone(),
+        port: cfg.delivery.port,
+        implicit_mx: cfg.delivery.implicit_mx,
+        ipv6: cfg.delivery.ipv6,
+        srv: cfg.delivery.srv,
+        self_addresses,
+    }
+}

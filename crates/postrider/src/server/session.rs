@@ -1,0 +1,611 @@
+//! One SMTP session: reads commands, enforces the RFC 5321 §4.1.4 order, asks the relay
+//! policy and the spool, and writes replies. Parsing lives in `smtp-proto`, relay decisions in
+//! `policy`, headers in `headers`; this module only sequences them over a connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use smtp_proto::{
+    BodyType as WireBody, Command, CommandFramer, DataDecoder, Domain, ForwardPath, Frame,
+    MailParams, RcptParams, Reply, ReversePath, Violation,
+};
+use spool::{BodyType, ContentWriter, DsnRet, Envelope, Notify, RcptState, Recipient, TxnId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info, warn};
+
+use super::Ctx;
+use super::conn::{Conn, ReadError};
+use super::headers::{self, HeaderScan, Trace};
+use super::policy::{Decision, RcptDomain, RelayPolicy};
+
+/// How a session's command loop ended.
+pub enum Next {
+    Close,
+    /// The client asked for STARTTLS and got `220`: hand the socket to TLS, start over.
+    StartTls,
+}
+
+struct Txn {
+    id: TxnId,
+    sender: ReversePath,
+    params: MailParams,
+    rcpts: Vec<Recipient>,
+    /// BDAT in progress: the content so far.
+    chunked: Option<Chunked>,
+}
+
+struct Chunked {
+    content: ContentWriter,
+    scan: HeaderScan,
+    size: u64,
+    too_big: bool,
+}
+
+pub struct Session {
+    ctx: Arc<Ctx>,
+    peer: SocketAddr,
+    id: TxnId,
+    helo: Option<String>,
+    esmtp: bool,
+    pub tls: Option<(String, String)>,
+    txn: Option<Txn>,
+    errors: u32,
+    trusted: bool,
+    framer: CommandFramer,
+}
+
+fn reply(code: u16, status: &str, text: &str) -> Reply {
+    Reply::new(code, status.parse().ok(), text)
+}
+
+impl Session {
+    pub fn new(ctx: Arc<Ctx>, peer: SocketAddr) -> Self {
+        let trusted = ctx
+            .cfg
+            .smtp
+            .relay_networks
+            .iter()
+            .any(|n| n.contains(peer.ip()));
+        let id = ctx.spool.ids().next();
+        Session {
+            ctx,
+            peer,
+            id,
+            helo: None,
+            esmtp: false,
+            tls: None,
+            txn: None,
+            errors: 0,
+            trusted,
+            framer: CommandFramer::new(512),
+        }
+    }
+
+    pub fn id(&self) -> TxnId {
+        self.id
+    }
+
+    pub fn greeting(&self) -> Reply {
+        let c = &self.ctx.cfg;
+        Reply::new(220, None, &format!("{} {}", c.hostname, c.smtp.banner))
+    }
+
+    fn push<S>(&self, conn: &mut Conn<S>, r: &Reply) {
+        r.write_to(&mut conn.out);
+    }
+
+    /// Runs commands until QUIT, an error that ends the session, or STARTTLS.
+    pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Next {
+        let timeout = self.ctx.cfg.smtp.command_timeout;
+        loop {
+            match self.framer.next(&mut conn.inbuf) {
+                Frame::Line(line) => {
+                    if let Some(next) = self.command(conn, &line).await {
+                        let _ = conn.flush().await;
+                        return next;
+                    }
+                }
+                Frame::TooLong => {
+                    self.push(conn, &reply(500, "5.5.6", "Line too long"));
+                    if self.error(conn) {
+                        let _ = conn.flush().await;
+                        return Next::Close;
+                    }
+                }
+                Frame::Incomplete => {
+                    if self.ctx.shutdown.is_cancelled() {
+                        self.push(conn, &self.shutting_down());
+                        let _ = conn.flush().await;
+                        return Next::Close;
+                    }
+                    let shutdown = self.ctx.shutdown.clone();
+                    let r = tokio::select! {
+                        r = conn.fill(timeout) => r,
+                        _ = shutdown.cancelled() => continue,
+                    };
+                    match r {
+                        Ok(_) => {}
+                        Err(ReadError::Timeout) => {
+                            let r = reply(421, "4.4.2", &format!("{} Error: timeout exceeded", self.ctx.cfg.hostname));
+                            self.push(conn, &r);
+                            let _ = conn.flush().await;
+                            debug!(session = %self.id, "command timeout");
+                            return Next::Close;
+                        }
+                        Err(_) => return Next::Close,
+                    }
+                }
+            }
+        }
+    }
+
+    fn shutting_down(&self) -> Reply {
+        reply(421, "4.3.2", &format!("{} Service shutting down", self.ctx.cfg.hostname))
+    }
+
+    /// Counts a protocol error; true when the session has had too many and must end.
+    fn error<S>(&mut self, conn: &mut Conn<S>) -> bool {
+        self.errors += 1;
+        if self.errors >= self.ctx.cfg.smtp.max_errors {
+            self.push(conn, &reply(421, "4.7.0", &format!("{} Error: too many errors", self.ctx.cfg.hostname)));
+            return true;
+        }
+        false
+    }
+
+    async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        line: &[u8],
+    ) -> Option<Next> {
+        if self.ctx.shutdown.is_cancelled() {
+            self.push(conn, &self.shutting_down());
+            return Some(Next::Close);
+        }
+        let cmd = match Command::parse(line) {
+            Ok(c) => c,
+            Err(e) => {
+                self.push(conn, &e.reply());
+                return self.error(conn).then_some(Next::Close);
+            }
+        };
+        let result = match cmd {
+            Command::Ehlo(name) => Ok(self.hello(name, true)),
+            Command::Helo(name) => Ok(self.hello(name, false)),
+            Command::Lhlo(_) => Err(reply(500, "5.5.1", "This is SMTP, not LMTP")),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params).await,
+            Command::Data => return self.data(conn).await,
+            Command::Bdat { size, last } => return self.bdat(conn, size, last).await,
+            Command::Rset => {
+                self.txn = None;
+                Ok(reply(250, "2.0.0", "Ok"))
+            }
+            Command::Noop(_) => Ok(reply(250, "2.0.0", "Ok")),
+            Command::Quit => {
+                self.push(conn, &reply(221, "2.0.0", &format!("{} closing connection", self.ctx.cfg.hostname)));
+                return Some(Next::Close);
+            }
+            Command::Vrfy(_) => Ok(reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")),
+            Command::Expn(_) => Err(reply(502, "5.5.1", "EXPN is not available")),
+            Command::Help(_) => Ok(reply(214, "2.0.0", "See RFC 5321")),
+            Command::StartTls => return self.starttls(conn),
+            Command::Auth { .. } => Err(reply(502, "5.5.1", "AUTH is not available")),
+        };
+        match result {
+            Ok(r) => self.push(conn, &r),
+            Err(r) => {
+                self.push(conn, &r);
+                if r.code() >= 500 && self.error(conn) {
+                    return Some(Next::Close);
+                }
+            }
+        }
+        None
+    }
+
+    fn hello(&mut self, name: String, esmtp: bool) -> Reply {
+        self.txn = None;
+        self.helo = Some(name);
+        self.esmtp = esmtp;
+        let c = &self.ctx.cfg;
+        if !esmtp {
+            return Reply::new(250, None, &c.hostname);
+        }
+        let mut lines = vec![
+            c.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", c.smtp.max_message_size),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+            "DSN".into(),
+            "CHUNKING".into(),
+            "BINARYMIME".into(),
+        ];
+        if self.ctx.tls.is_some() && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        Reply::multi(250, lines)
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) -> Result<Reply, Reply> {
+        if self.helo.is_none() {
+            return Err(reply(503, "5.5.1", "Error: send HELO/EHLO first"));
+        }
+        if self.txn.is_some() {
+            return Err(reply(503, "5.5.1", "Error: nested MAIL command"));
+        }
+        let max = self.ctx.cfg.smtp.max_message_size;
+        if params.size.is_some_and(|s| s > max) {
+            return Err(reply(552, "5.3.4", "Message size exceeds fixed limit"));
+        }
+        if let ReversePath::Mailbox(m) = &from
+            && m.needs_smtputf8()
+            && !params.smtputf8
+        {
+            return Err(reply(553, "5.6.7", "Sender address needs SMTPUTF8"));
+        }
+        if !self.esmtp && params != MailParams::default() {
+            return Err(reply(555, "5.5.4", "ESMTP parameters need EHLO"));
+        }
+        match self.ctx.spool.free_bytes() {
+            Ok(free) if free < self.ctx.cfg.smtp.min_free_space => {
+                warn!(session = %self.id, free, "spool disk short of space: refusing mail");
+                return Err(reply(452, "4.3.1", "Insufficient system storage"));
+            }
+            _ => {}
+        }
+        let id = self.ctx.spool.ids().next();
+        self.txn = Some(Txn {
+            id,
+            sender: from,
+            params,
+            rcpts: Vec::new(),
+            chunked: None,
+        });
+        Ok(reply(250, "2.1.0", "Ok"))
+    }
+
+    async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Result<Reply, Reply> {
+        let max_rcpts = self.ctx.cfg.smtp.max_recipients;
+        let Some(txn) = self.txn.as_mut() else {
+            return Err(reply(503, "5.5.1", "Error: need MAIL command"));
+        };
+        if txn.chunked.is_some() {
+            return Err(reply(503, "5.5.1", "Error: RCPT during BDAT"));
+        }
+        if txn.rcpts.len() >= max_rcpts {
+            return Err(reply(452, "4.5.3", "Error: too many recipients"));
+        }
+        let address = match &to {
+            ForwardPath::Postmaster => "postmaster".to_string(),
+            ForwardPath::Mailbox(m) => {
+                if m.needs_smtputf8() && !txn.params.smtputf8 {
+                    return Err(reply(553, "5.6.7", "Recipient address needs SMTPUTF8"));
+                }
+                let domain = match m.domain() {
+                    Domain::Name(n) => RcptDomain::Name(n),
+                    _ => RcptDomain::Literal,
+                };
+                let policy = RelayPolicy {
+                    local_domains: &self.ctx.cfg.local.domains,
+                    relay_domains: &self.ctx.cfg.smtp.relay_domains,
+                };
+                match policy.decide(m.local_part(), domain, self.trusted) {
+                    Decision::Denied => {
+                        info!(session = %self.id, client = %self.peer, rcpt = %m, "relay access denied");
+                        return Err(reply(554, "5.7.1", &format!("<{m}>: Relay access denied")));
+                    }
+                    Decision::Local => {
+                        if let Err(r) = self.ctx.check_local(m.local_part()).await {
+                            return Err(r);
+                        }
+                    }
+                    Decision::Relay => {}
+                }
+                m.to_string()
+            }
+        };
+        let address = match &to {
+            ForwardPath::Postmaster => match self.ctx.cfg.local.domains.first() {
+                Some(d) => format!("postmaster@{d}"),
+                None => format!("postmaster@{}", self.ctx.cfg.hostname),
+            },
+            _ => address,
+        };
+        let txn = self.txn.as_mut().expect("checked above");
+        txn.rcpts.push(Recipient {
+            address,
+            orcpt: params.orcpt.map(|(kind, addr)| format!("{kind};{addr}")),
+            notify: params.notify.map(to_spool_notify).unwrap_or_default(),
+            state: RcptState::Pending,
+            tries: 0,
+            last_error: None,
+            next_attempt: 0,
+        });
+        Ok(reply(250, "2.1.5", "Ok"))
+    }
+
+    fn starttls<S>(&mut self, conn: &mut Conn<S>) -> Option<Next> {
+        if self.tls.is_some() {
+            self.push(conn, &reply(554, "5.5.1", "Error: TLS already active"));
+            return None;
+        }
+        if self.ctx.tls.is_none() {
+            self.push(conn, &reply(502, "5.5.1", "Error: STARTTLS is not available"));
+            return None;
+        }
+        // Anything pipelined after STARTTLS was sent in the clear and must not be executed
+        // inside the TLS session (CVE-2011-0411).
+        conn.inbuf.clear();
+        self.push(conn, &reply(220, "2.0.0", "Ready to start TLS"));
+        self.helo = None;
+        self.esmtp = false;
+        self.txn = None;
+        Some(Next::StartTls)
+    }
+
+    fn check_data_allowed(&self) -> Result<(), Reply> {
+        match &self.txn {
+            None => Err(reply(503, "5.5.1", "Error: need MAIL command")),
+            Some(t) if t.rcpts.is_empty() => Err(reply(554, "5.5.1", "Error: no valid recipients")),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn received_header(&self, txn: &Txn) -> String {
+        let protocol = match (self.esmtp, self.tls.is_some()) {
+            (true, true) => "ESMTPS",
+            (true, false) => "ESMTP",
+            (false, true) => "SMTPS",
+            (false, false) => "SMTP",
+        };
+        let id = txn.id.to_string();
+        headers::received(&Trace {
+            helo: self.helo.as_deref().unwrap_or("unknown"),
+            client_ip: self.peer.ip(),
+            hostname: &self.ctx.cfg.hostname,
+            protocol,
+            tls: self.tls.as_ref().map(|(v, c)| (v.as_str(), c.as_str())),
+            queue_id: &id,
+            single_recipient: (txn.rcpts.len() == 1).then(|| txn.rcpts[0].address.as_str()),
+            when: SystemTime::now(),
+        })
+    }
+
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Option<Next> {
+        if let Err(r) = self.check_data_allowed() {
+            self.push(conn, &r);
+            return self.error(conn).then_some(Next::Close);
+        }
+        let txn = self.txn.as_ref().expect("checked");
+        if txn.chunked.is_some() {
+            self.push(conn, &reply(503, "5.5.1", "Error: DATA during BDAT"));
+            return None;
+        }
+        if txn.params.body == Some(WireBody::BinaryMime) {
+            self.push(conn, &reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT"));
+            return None;
+        }
+        let mut content = self.ctx.spool.content_writer(txn.id);
+        let received = self.received_header(txn);
+        let mut failed = content.write(received.as_bytes()).await.err();
+        self.push(conn, &reply(354, "", "End data with <CR><LF>.<CR><LF>"));
+        let max = self.ctx.cfg.smtp.max_message_size;
+        let mut decoder = DataDecoder::new(max);
+        let mut scan = HeaderScan::new();
+        let mut out = Vec::with_capacity(64 * 1024);
+        let data_timeout = self.ctx.cfg.smtp.data_timeout;
+        let outcome = loop {
+            let end = decoder.decode(&mut conn.inbuf, &mut out);
+            if !out.is_empty() {
+                scan.feed(&out);
+                if failed.is_none() && !decoder.exceeded() {
+                    failed = content.write(&out).await.err();
+                }
+                out.clear();
+            }
+            if let Some(end) = end {
+                break end;
+            }
+            match conn.fill(data_timeout).await {
+                Ok(_) => {}
+                Err(ReadError::Timeout) => {
+                    self.push(conn, &reply(421, "4.4.2", "Error: timeout exceeded"));
+                    return Some(Next::Close);
+                }
+                Err(_) => return Some(Next::Close),
+            }
+        };
+        let r = if decoder.exceeded() {
+            reply(552, "5.3.4", "Message size exceeds fixed limit")
+        } else if let Some(v) = outcome.violation() {
+            let what = match v {
+                Violation::BareLf => "bare <LF>",
+                Violation::BareCr => "bare <CR>",
+                Violation::Nul => "NUL octet",
+                Violation::LineTooLong => "line longer than 1000 octets",
+            };
+            warn!(session = %self.id, client = %self.peer, "message refused: {what}");
+            match v {
+                Violation::LineTooLong => reply(552, "5.6.0", "Message has a line longer than 1000 octets"),
+                _ => reply(550, "5.6.11", &format!("Message contains {what} (SMTP smuggling protection)")),
+            }
+        } else if let Some(e) = failed {
+            spool_error_reply(&e)
+        } else {
+            self.finish(content, scan).await
+        };
+        self.txn = None;
+        self.push(conn, &r);
+        None
+    }
+
+    async fn bdat<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        size: u64,
+        last: bool,
+    ) -> Option<Next> {
+        // The chunk must be read even when the command fails, or its bytes would be taken
+        // as commands.
+        let ok = self.check_data_allowed();
+        if ok.is_ok() && self.txn.as_ref().is_some_and(|t| t.chunked.is_none()) {
+            let txn = self.txn.as_ref().expect("checked");
+            let mut content = self.ctx.spool.content_writer(txn.id);
+            let received = self.received_header(txn);
+            let err = content.write(received.as_bytes()).await.err();
+            let txn = self.txn.as_mut().expect("checked");
+            txn.chunked = Some(Chunked {
+                content,
+                scan: HeaderScan::new(),
+                size: 0,
+                too_big: err.is_some(),
+            });
+        }
+        let max = self.ctx.cfg.smtp.max_message_size;
+        let mut left = size;
+        let data_timeout = self.ctx.cfg.smtp.data_timeout;
+        while left > 0 {
+            if conn.inbuf.is_empty() {
+                match conn.fill(data_timeout).await {
+                    Ok(_) => {}
+                    Err(ReadError::Timeout) => {
+                        self.push(conn, &reply(421, "4.4.2", "Error: timeout exceeded"));
+                        return Some(Next::Close);
+                    }
+                    Err(_) => return Some(Next::Close),
+                }
+            }
+            let n = (left as usize).min(conn.inbuf.len());
+            if ok.is_ok()
+                && let Some(ch) = self.txn.as_mut().and_then(|t| t.chunked.as_mut())
+            {
+                ch.size += n as u64;
+                if ch.size > max {
+                    ch.too_big = true;
+                }
+                if !ch.too_big {
+                    ch.scan.feed(&conn.inbuf[..n]);
+                    if ch.content.write(&conn.inbuf[..n]).await.is_err() {
+                        ch.too_big = true;
+                    }
+                }
+            }
+            conn.consume(n);
+            left -= n as u64;
+        }
+        if let Err(r) = ok {
+            self.push(conn, &r);
+            return None;
+        }
+        let too_big = self
+            .txn
+            .as_ref()
+            .and_then(|t| t.chunked.as_ref())
+            .is_some_and(|c| c.too_big);
+        if too_big {
+            self.txn = None;
+            self.push(conn, &reply(552, "5.3.4", "Message size exceeds fixed limit"));
+            return None;
+        }
+        if !last {
+            self.push(conn, &reply(250, "2.0.0", &format!("{size} octets received")));
+            return None;
+        }
+        let ch = self
+            .txn
+            .as_mut()
+            .and_then(|t| t.chunked.take())
+            .expect("chunked transaction");
+        let r = self.finish(ch.content, ch.scan).await;
+        self.txn = None;
+        self.push(conn, &r);
+        None
+    }
+
+    /// Loop check, then the durable commit; the reply to the end of data.
+    async fn finish(&mut self, content: ContentWriter, scan: HeaderScan) -> Reply {
+        let txn = self.txn.as_ref().expect("transaction");
+        if scan.received >= self.ctx.cfg.smtp.max_hops {
+            warn!(queue_id = %txn.id, hops = scan.received, "mail loop: too many Received headers");
+            return reply(554, "5.4.6", "Too many hops: mail loop detected");
+        }
+        let env = Envelope {
+            id: txn.id,
+            arrival: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            sender: match &txn.sender {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.to_string(),
+            },
+            envid: txn.params.envid.clone(),
+            ret: txn.params.ret.map(|r| match r {
+                smtp_proto::Ret::Full => DsnRet::Full,
+                smtp_proto::Ret::Hdrs => DsnRet::Headers,
+            }),
+            body: match txn.params.body {
+                Some(WireBody::EightBitMime) => BodyType::EightBitMime,
+                Some(WireBody::BinaryMime) => BodyType::BinaryMime,
+                _ => BodyType::SevenBit,
+            },
+            smtputf8: txn.params.smtputf8,
+            client: format!(
+                "{} [{}]",
+                self.helo.as_deref().unwrap_or("unknown"),
+                super::limits::canonical(self.peer.ip())
+            ),
+            held: false,
+            recipients: txn.rcpts.clone(),
+        };
+        let size = content.len();
+        match self.ctx.spool.commit(&env, content).await {
+            Ok(mref) => {
+                info!(
+                    queue_id = %env.id,
+                    client = %env.client,
+                    from = %env.sender,
+                    size,
+                    nrcpt = env.recipients.len(),
+                    "received"
+                );
+                let id = env.id;
+                self.ctx.queue.arrived(env, mref, size).await;
+                reply(250, "2.0.0", &format!("Ok: queued as {id}"))
+            }
+            Err(e) => {
+                warn!(queue_id = %env.id, "spool commit failed: {e}");
+                spool_error_reply(&e)
+            }
+        }
+    }
+}
+
+fn spool_error_reply(e: &spool::SpoolError) -> Reply {
+    if e.is_no_space() {
+        reply(452, "4.3.1", "Insufficient system storage")
+    } else {
+        reply(451, "4.3.0", "Local error in processing; try again later")
+    }
+}
+
+fn to_spool_notify(n: smtp_proto::Notify) -> Notify {
+    Notify {
+        never: n.never,
+        success: n.success,
+        failure: n.failure,
+        delay: n.delay,
+    }
+}
+
+/// For sessions that are refused before they start.
+pub fn refusal(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    reply(421, "4.7.0", text).write_to(&mut out);
+    out
+}
+

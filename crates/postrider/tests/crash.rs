@@ -1,0 +1,226 @@
+//! Durability under crashes and a full disk: the spool's promise that a `250` after DATA
+//! means the message survives anything short of losing the disk.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+const NO_DELIVERY: &str = "[delivery]\nenabled = false\n";
+
+/// Sends one message with a unique sender; true only if the server said 250 after DATA.
+fn send_tracked(port: u16, sender: &str, body_len: usize) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let body = "x".repeat(body_len);
+    let msg = format!(
+        "EHLO crash.test\r\nMAIL FROM:<{sender}>\r\nRCPT TO:<r@dst.test>\r\nDATA\r\n"
+    );
+    if s.write_all(msg.as_bytes()).is_err() {
+        return false;
+    }
+    // Greeting, EHLO, MAIL, RCPT, DATA(354) must all be read before the content.
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains("354 ") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    let content = format!("Subject: {sender}\r\n\r\n{body}\r\n.\r\n");
+    if s.write_all(content.as_bytes()).is_err() {
+        return false;
+    }
+    let mut tail = String::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if let Some(line) = tail.lines().find(|l| l.len() >= 4 && &l[3..4] == " ") {
+                    let ok = line.starts_with("250 ");
+                    let _ = s.write_all(b"QUIT\r\n");
+                    return ok;
+                }
+            }
+        }
+    }
+}
+
+fn spool_senders(d: &Daemon) -> HashMap<String, usize> {
+    let out = d.cli(&["queue", "--json", "list"]);
+    assert!(out.status.success(), "offline queue list: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut m = HashMap::new();
+    for msg in v["List"].as_array().unwrap() {
+        *m.entry(msg["sender"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn kill_9_under_load_loses_nothing_acknowledged() {
+    let mut d = Daemon::start(NO_DELIVERY);
+    let port = d.port;
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for t in 0..4 {
+        let acked = acked.clone();
+        let stop = stop.clone();
+        workers.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let sender = format!("crash-{t}-{n}@src.test");
+                n += 1;
+                if send_tracked(port, &sender, 1000 + (n as usize % 7) * 3000) {
+                    acked.lock().unwrap().insert(sender);
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }));
+    }
+    let kills = 20;
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..kills {
+        // smtp-source adds background load at concurrency 20 for this round.
+        let mut load = Command::new("smtp-source")
+            .args(["-m", "100000", "-s", "20", "-l", "2048", "-f", "load@src.test", "-t", "r@dst.test"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smtp-source");
+        // A random moment: wait until a random number of further messages were acked.
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        let target = acked.lock().unwrap().len() + 5 + (rng_state % 40) as usize;
+        wait_for("load to make progress", Duration::from_secs(60), || acked.lock().unwrap().len() >= target);
+        d.kill9();
+        let _ = load.kill();
+        let _ = load.wait();
+        d.restart();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    d.kill9();
+    let spooled = spool_senders(&d);
+    let acked = acked.lock().unwrap();
+    let missing: Vec<&String> = acked.iter().filter(|s| !spooled.contains_key(*s)).collect();
+    let duplicates: usize = spooled.iter().filter(|(s, _)| s.starts_with("crash-")).map(|(_, n)| n - 1).sum();
+    let unacked_kept = spooled.keys().filter(|s| s.starts_with("crash-") && !acked.contains(*s)).count();
+    eprintln!(
+        "crash test: {kills} kill -9, {} acknowledged, {} missing, {duplicates} duplicates, {unacked_kept} committed but unacknowledged, {} smtp-source messages kept",
+        acked.len(),
+        missing.len(),
+        spooled.get("load@src.test").copied().unwrap_or(0)
+    );
+    assert!(acked.len() > kills * 5, "the load made too little progress to mean anything");
+    assert!(missing.is_empty(), "acknowledged messages lost: {missing:?}");
+}
+
+/// A small tmpfs for the spool, removed on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+fn fill(path: &std::path::Path, leave_free: u64) {
+    let st = nix::sys::statvfs::statvfs(path.parent().unwrap()).unwrap();
+    let free = st.blocks_available() * st.fragment_size();
+    let size = free.saturating_sub(leave_free);
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 1 << 16];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        if f.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        left -= n as u64;
+    }
+    let _ = f.sync_all();
+}
+
+#[test]
+fn full_disk_gets_452_and_keeps_what_was_acknowledged() {
+    let fs = Tmpfs::mount("16m");
+    let spool = fs.dir.path().join("spool");
+    let mut d = Daemon::start(&format!(
+        "spool = \"{}\"\n{NO_DELIVERY}[smtp]\nmin_free_space = \"2MB\"\n",
+        spool.display()
+    ));
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let s = format!("before-{i}@src.test");
+        assert!(send_tracked(d.port, &s, 2000), "{s} refused with space free");
+        acked.push(s);
+    }
+    // Below the floor: new transactions get 452 4.3.1, nothing half-written is acknowledged.
+    let filler = fs.dir.path().join("filler");
+    fill(&filler, 1_000_000);
+    let mut c = Raw::connect(d.port);
+    c.replies(1);
+    c.cmd("EHLO client.test");
+    let r = c.cmd("MAIL FROM:<x@src.test>");
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    // Truly out of space while writing: the commit fails and the client gets a 4xx.
+    std::fs::remove_file(&filler).unwrap();
+    let mut d2_cfg = std::fs::read_to_string(&d.config).unwrap();
+    d2_cfg = d2_cfg.replace("min_free_space = \"2MB\"", "min_free_space = \"0\"");
+    std::fs::write(&d.config, d2_cfg).unwrap();
+    d.restart();
+    fill(&filler, 200_000);
+    let mut refused = 0;
+    for i in 0..40 {
+        let s = format!("during-{i}@src.test");
+        if send_tracked(d.port, &s, 20_000) {
+            acked.push(s);
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the disk never filled up");
+    // Space returns: everything acknowledged is intact, and mail flows again.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(send_tracked(d.port, "after@src.test", 2000));
+    acked.push("after@src.test".into());
+    d.kill9();
+    let spooled = spool_senders(&d);
+    for s in &acked {
+        assert!(spooled.contains_key(s), "{s} was acknowledged but is gone");
+    }
+    eprintln!("disk-full test: {} acknowledged, {refused} refused with 4xx", acked.len());
+}
