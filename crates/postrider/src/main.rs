@@ -4,7 +4,9 @@
 mod cli;
 mod control;
 mod deliver;
+mod dsn;
 mod queue;
+mod sendmail;
 mod serve;
 mod server;
 
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, QueueAction, QueueArgs};
+use cli::{Cli, Command, QueueArgs};
 use config::Config;
 
 /// sysexits.h codes the queue and sendmail commands use.
@@ -27,6 +29,15 @@ pub mod sysexits {
 }
 
 fn main() -> ExitCode {
+    // Installed as /usr/sbin/sendmail (a link), scripts call us with sendmail's options.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&argv0).file_name().is_some_and(|n| n == "sendmail") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return match load_config(None) {
+            Ok(cfg) => sendmail::run(&cfg, &args),
+            Err(_) => ExitCode::from(sysexits::CONFIG),
+        };
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => match load_config(cli.config.as_deref()) {
@@ -41,10 +52,10 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Queue(q) => queue_command(cli.config.as_deref(), q),
-        Command::Sendmail(_) => {
-            eprintln!("postrider sendmail: not implemented yet");
-            ExitCode::from(2)
-        }
+        Command::Sendmail(args) => match load_config(cli.config.as_deref()) {
+            Ok(cfg) => sendmail::run(&cfg, &args.args),
+            Err(_) => ExitCode::from(sysexits::CONFIG),
+        },
     }
 }
 
@@ -84,10 +95,4 @@ fn queue_command(explicit: Option<&Path>, q: QueueArgs) -> ExitCode {
         Err(code) => return code,
     };
     queue::cli::run(&cfg, q.action, q.json)
-}
-
-#[allow(dead_code)]
-fn unimplemented_action(a: &QueueAction) -> ExitCode {
-    eprintln!("postrider queue {a:?}: not implemented yet");
-    ExitCode::from(2)
 }

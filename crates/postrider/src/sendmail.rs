@@ -1,0 +1,414 @@
+//! `postrider sendmail` and the binary invoked as `sendmail`: the submission interface that
+//! scripts and cron use (sendmail(1) options), handing the message to the running daemon
+//! over SMTP on its loopback listener.
+
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use config::Config;
+use smtp_proto::{Command, ForwardPath, MailParams, Mailbox, RcptParams, ReplyParser, ReversePath};
+
+use crate::sysexits;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub extract_recipients: bool,
+    pub ignore_dots: bool,
+    pub sender: Option<String>,
+    pub full_name: Option<String>,
+    pub mode: Mode,
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Deliver,
+    ListQueue,
+    Flush,
+    SmtpOnStdin,
+}
+
+/// Parses sendmail(1) arguments; unknown `-o` options and the no-op ones are accepted.
+pub fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut i = 0;
+    let mut value = |i: &mut usize, inline: &str, flag: &str| -> Result<String, String> {
+        if !inline.is_empty() {
+            return Ok(inline.to_owned());
+        }
+        *i += 1;
+        args.get(*i).cloned().ok_or_else(|| format!("option {flag} needs a value"))
+    };
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--" {
+            o.recipients.extend(args[i + 1..].iter().cloned());
+            break;
+        }
+        if !a.starts_with('-') || a == "-" {
+            o.recipients.push(a.clone());
+            i += 1;
+            continue;
+        }
+        let (flag, rest) = a.split_at(2.min(a.len()));
+        match flag {
+            "-t" => o.extract_recipients = true,
+            "-i" => o.ignore_dots = true,
+            "-f" | "-r" => o.sender = Some(value(&mut i, rest, flag)?),
+            "-F" => o.full_name = Some(value(&mut i, rest, flag)?),
+            "-o" => {
+                if rest == "i" {
+                    o.ignore_dots = true;
+                } else if rest.is_empty() {
+                    i += 1; // "-o X": an option we do not use
+                }
+            }
+            "-b" => match rest {
+                "m" => o.mode = Mode::Deliver,
+                "p" => o.mode = Mode::ListQueue,
+                "s" => o.mode = Mode::SmtpOnStdin,
+                other => return Err(format!("unsupported mode -b{other}")),
+            },
+            "-q" => o.mode = Mode::Flush,
+            "-v" | "-n" | "-U" | "-m" => {}
+            "-N" | "-R" | "-V" | "-X" | "-O" | "-B" | "-C" | "-L" | "-h" => {
+                if rest.is_empty() {
+                    i += 1;
+                }
+            }
+            _ => return Err(format!("unknown option {a}")),
+        }
+        i += 1;
+    }
+    Ok(o)
+}
+
+/// Reads the message from standard input: LF or CRLF lines, a lone "." ends it unless -i.
+pub fn read_message(input: &mut dyn BufRead, ignore_dots: bool) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if !ignore_dots && body == b"." {
+            break;
+        }
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(out)
+}
+
+/// Splits the header section into (name, unfolded value) pairs and returns the body offset.
+fn headers(msg: &[u8]) -> (Vec<(String, String)>, usize) {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut pos = 0;
+    while pos < msg.len() {
+        let end = msg[pos..].windows(2).position(|w| w == b"\r\n").map(|e| pos + e).unwrap_or(msg.len());
+        let line = String::from_utf8_lossy(&msg[pos..end]).into_owned();
+        let next = (end + 2).min(msg.len());
+        if line.is_empty() {
+            return (out, next);
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((n, v)) = line.split_once(':') {
+            out.push((n.trim().to_owned(), v.trim().to_owned()));
+        } else {
+            // Not a header: the message has no header section.
+            return (out, pos);
+        }
+        pos = next;
+    }
+    (out, msg.len())
+}
+
+/// Addresses in an RFC 5322 address list: `a@b, "N" <c@d>, group: e@f;`.
+pub fn addresses(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut angle, mut comment) = (false, false, 0u32);
+    let mut flush = |cur: &mut String, out: &mut Vec<String>| {
+        let item = cur.trim();
+        let addr = match (item.find('<'), item.rfind('>')) {
+            (Some(a), Some(b)) if a < b => item[a + 1..b].trim(),
+            _ => item.rsplit(':').next().unwrap_or(item).trim(),
+        };
+        let addr = addr.trim_end_matches(';').trim();
+        if addr.contains('@') {
+            out.push(addr.to_owned());
+        }
+        cur.clear();
+    };
+    for c in list.chars() {
+        match c {
+            '"' if comment == 0 => quoted = !quoted,
+            '(' if !quoted => comment += 1,
+            ')' if !quoted && comment > 0 => {
+                comment -= 1;
+                continue;
+            }
+            '<' if !quoted && comment == 0 => angle = true,
+            '>' if !quoted && comment == 0 => angle = false,
+            ',' | ';' if !quoted && !angle && comment == 0 => {
+                flush(&mut cur, &mut out);
+                continue;
+            }
+            _ => {}
+        }
+        if comment == 0 {
+            cur.push(c);
+        }
+    }
+    flush(&mut cur, &mut out);
+    out
+}
+
+/// Adds Date, Message-ID and From when missing, drops Bcc; returns the new message and the
+/// recipients found in To/Cc/Bcc (for -t).
+pub fn prepare(msg: &[u8], from: &str, full_name: Option<&str>, hostname: &str, now: SystemTime, unique: &str) -> (Vec<u8>, Vec<String>) {
+    let (hdrs, body_at) = headers(msg);
+    let has = |n: &str| hdrs.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    let mut rcpts = Vec::new();
+    for (k, v) in &hdrs {
+        if ["to", "cc", "bcc"].iter().any(|n| k.eq_ignore_ascii_case(n)) {
+            rcpts.extend(addresses(v));
+        }
+    }
+    let mut out = Vec::with_capacity(msg.len() + 256);
+    if !has("from") {
+        match full_name {
+            Some(n) => out.extend_from_slice(format!("From: \"{}\" <{from}>\r\n", n.replace('"', "")).as_bytes()),
+            None => out.extend_from_slice(format!("From: {from}\r\n").as_bytes()),
+        }
+    }
+    if !has("date") {
+        out.extend_from_slice(format!("Date: {}\r\n", crate::server::headers::rfc5322_date(now)).as_bytes());
+    }
+    if !has("message-id") {
+        out.extend_from_slice(format!("Message-ID: <{unique}@{hostname}>\r\n").as_bytes());
+    }
+    // Copy the header section without Bcc (and its continuation lines).
+    let mut pos = 0;
+    let mut skipping = false;
+    while pos < body_at {
+        let end = msg[pos..body_at].windows(2).position(|w| w == b"\r\n").map(|e| pos + e + 2).unwrap_or(body_at);
+        let line = &msg[pos..end];
+        if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+            skipping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+        pos = end;
+    }
+    if body_at == 0 || !out.ends_with(b"\r\n\r\n") && !msg[..body_at].ends_with(b"\r\n\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&msg[body_at..]);
+    (out, rcpts)
+}
+
+fn daemon_addr(cfg: &Config) -> SocketAddr {
+    let mut a = cfg.smtp.listen.first().copied().unwrap_or_else(|| "127.0.0.1:2525".parse().expect("literal"));
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    a
+}
+
+pub fn run(cfg: &Config, args: &[String]) -> ExitCode {
+    let o = match parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(sysexits::USAGE);
+        }
+    };
+    match o.mode {
+        Mode::ListQueue => return crate::queue::cli::run(cfg, crate::cli::QueueAction::List, false),
+        Mode::Flush => return crate::queue::cli::run(cfg, crate::cli::QueueAction::Flush { domain: None }, false),
+        Mode::SmtpOnStdin => return smtp_on_stdio(cfg),
+        Mode::Deliver => {}
+    }
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".into());
+    let sender = o.sender.clone().unwrap_or_else(|| format!("{user}@{}", cfg.hostname));
+    let stdin = std::io::stdin();
+    let msg = match read_message(&mut stdin.lock(), o.ignore_dots) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sendmail: reading the message: {e}");
+            return ExitCode::from(sysexits::NOINPUT);
+        }
+    };
+    let unique = format!(
+        "{}.{}",
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+        std::process::id()
+    );
+    let from_header = if sender.is_empty() { format!("{user}@{}", cfg.hostname) } else { sender.clone() };
+    let (msg, header_rcpts) = prepare(&msg, &from_header, o.full_name.as_deref(), &cfg.hostname, SystemTime::now(), &unique);
+    let mut rcpts = o.recipients.clone();
+    if o.extract_recipients {
+        rcpts.extend(header_rcpts);
+    }
+    let rcpts: Vec<String> = rcpts
+        .into_iter()
+        .map(|r| if r.contains('@') { r } else { format!("{r}@{}", cfg.hostname) })
+        .collect();
+    if rcpts.is_empty() {
+        eprintln!("sendmail: no recipients given");
+        return ExitCode::from(sysexits::DATAERR);
+    }
+    match submit(daemon_addr(cfg), &cfg.hostname, &sender, &rcpts, &msg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, e)) => {
+            eprintln!("sendmail: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn submit(addr: SocketAddr, helo: &str, sender: &str, rcpts: &[String], msg: &[u8]) -> Result<(), (u8, String)> {
+    let unavailable = |e: std::io::Error| (sysexits::TEMPFAIL, format!("cannot reach the postrider daemon at {addr}: {e}"));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(unavailable)?;
+    s.set_read_timeout(Some(Duration::from_secs(300))).map_err(unavailable)?;
+    let mut parser = ReplyParser::new();
+    let mut read = |s: &mut TcpStream| -> Result<smtp_proto::Reply, (u8, String)> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(r) = parser.next_reply() {
+                return r.map_err(|e| (sysexits::SOFTWARE, e.to_string()));
+            }
+            let n = s.read(&mut buf).map_err(unavailable)?;
+            if n == 0 {
+                return Err((sysexits::TEMPFAIL, "the daemon closed the connection".into()));
+            }
+            parser.push(&buf[..n]);
+        }
+    };
+    let expect = |r: smtp_proto::Reply, what: &str| -> Result<(), (u8, String)> {
+        if r.is_positive() {
+            Ok(())
+        } else if r.is_transient() {
+            Err((sysexits::TEMPFAIL, format!("{what}: {r}")))
+        } else {
+            Err((sysexits::DATAERR, format!("{what}: {r}")))
+        }
+    };
+    expect(read(&mut s)?, "greeting")?;
+    let mut send = |s: &mut TcpStream, c: &Command| s.write_all(c.to_line().as_bytes()).map_err(unavailable);
+    send(&mut s, &Command::Ehlo(helo.to_owned()))?;
+    expect(read(&mut s)?, "EHLO")?;
+    let from = if sender.is_empty() {
+        ReversePath::Null
+    } else {
+        ReversePath::Mailbox(Mailbox::parse(sender).map_err(|e| (sysexits::DATAERR, format!("sender {sender}: {e}")))?)
+    };
+    let utf8 = !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
+    send(&mut s, &Command::Mail { from, params: MailParams { smtputf8: utf8, ..Default::default() } })?;
+    expect(read(&mut s)?, "MAIL FROM")?;
+    for r in rcpts {
+        let m = Mailbox::parse(r).map_err(|e| (sysexits::DATAERR, format!("recipient {r}: {e}")))?;
+        send(&mut s, &Command::Rcpt { to: ForwardPath::Mailbox(m), params: RcptParams::default() })?;
+        expect(read(&mut s)?, &format!("RCPT TO:<{r}>"))?;
+    }
+    send(&mut s, &Command::Data)?;
+    let r = read(&mut s)?;
+    if r.code() != 354 {
+        return expect(r, "DATA").and(Err((sysexits::SOFTWARE, "unexpected reply to DATA".into())));
+    }
+    let mut wire = Vec::with_capacity(msg.len() + 16);
+    let mut st = smtp_proto::DotStuffer::new();
+    st.encode(msg, &mut wire);
+    st.finish(&mut wire);
+    s.write_all(&wire).map_err(unavailable)?;
+    expect(read(&mut s)?, "end of data")?;
+    let _ = s.write_all(b"QUIT\r\n");
+    Ok(())
+}
+
+/// -bs: an SMTP session on standard input/output, relayed to the daemon.
+fn smtp_on_stdio(cfg: &Config) -> ExitCode {
+    let addr = daemon_addr(cfg);
+    let s = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sendmail: cannot reach the postrider daemon at {addr}: {e}");
+            return ExitCode::from(sysexits::TEMPFAIL);
+        }
+    };
+    let mut from_daemon = match s.try_clone() {
+        Ok(c) => c,
+        Err(_) => return ExitCode::from(sysexits::SOFTWARE),
+    };
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_daemon, &mut std::io::stdout());
+    });
+    let mut to_daemon = s;
+    let _ = std::io::copy(&mut std::io::stdin(), &mut to_daemon);
+    let _ = to_daemon.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = parse_args(&s(&["-t", "-oi", "-fme@x.test", "-F", "Me", "a@b.test"])).unwrap();
+        assert!(o.extract_recipients && o.ignore_dots);
+        assert_eq!(o.sender.as_deref(), Some("me@x.test"));
+        assert_eq!(o.full_name.as_deref(), Some("Me"));
+        assert_eq!(o.recipients, ["a@b.test"]);
+        assert_eq!(parse_args(&s(&["-bp"])).unwrap().mode, Mode::ListQueue);
+        assert_eq!(parse_args(&s(&["-q"])).unwrap().mode, Mode::Flush);
+        assert_eq!(parse_args(&s(&["-bs"])).unwrap().mode, Mode::SmtpOnStdin);
+        assert!(parse_args(&s(&["-f"])).is_err());
+        assert!(parse_args(&s(&["-Z"])).is_err());
+    }
+
+    #[test]
+    fn dots_and_line_ends() {
+        let mut input: &[u8] = b"Subject: x\n\nline\n.\nafter\n";
+        assert_eq!(read_message(&mut input, false).unwrap(), b"Subject: x\r\n\r\nline\r\n");
+        let mut input: &[u8] = b"Subject: x\n\n.\nafter";
+        assert_eq!(read_message(&mut input, true).unwrap(), b"Subject: x\r\n\r\n.\r\nafter\r\n");
+    }
+
+    #[test]
+    fn address_lists() {
+        assert_eq!(
+            addresses("a@x.test, \"Doe, J\" <j@x.test>, team: b@x.test, c@x.test; (comment, x) d@x.test"),
+            ["a@x.test", "j@x.test", "b@x.test", "c@x.test", "d@x.test"]
+        );
+    }
+
+    #[test]
+    fn prepare_adds_missing_headers_and_drops_bcc() {
+        let (m, r) = prepare(b"To: a@x.test\r\nBcc: secret@x.test,\r\n other@x.test\r\nSubject: s\r\n\r\nbody\r\n", "me@h.test", None, "h.test", SystemTime::UNIX_EPOCH, "u1");
+        let t = String::from_utf8(m).unwrap();
+        assert!(t.starts_with("From: me@h.test\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\nMessage-ID: <u1@h.test>\r\nTo: a@x.test\r\nSubject: s\r\n\r\nbody\r\n"), "{t}");
+        assert_eq!(r, ["a@x.test", "secret@x.test", "other@x.test"]);
+        let (m, _) = prepare(b"just a body line\r\n", "me@h.test", Some("Me"), "h.test", SystemTime::UNIX_EPOCH, "u2");
+        let t = String::from_utf8(m).unwrap();
+        assert!(t.contains("From: \"Me\" <me@h.test>\r\n"));
+        assert!(t.ends_with("\r\n\r\njust a body line\r\n"), "{t}");
+    }
+}
