@@ -1,0 +1,151 @@
+//! What the spool stores about a message besides its content, and the changes to it that
+//! the queue manager records.
+
+use serde::{Deserialize, Serialize};
+
+use crate::TxnId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DsnRet {
+    Full,
+    Headers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum BodyType {
+    #[default]
+    SevenBit,
+    EightBitMime,
+    BinaryMime,
+}
+
+/// RFC 3461 NOTIFY; all false means "not given" (failure and delay reported by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Notify {
+    pub never: bool,
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RcptState {
+    #[default]
+    Pending,
+    Delivered,
+    Failed,
+    Deferred,
+}
+
+impl RcptState {
+    /// Delivered or failed: nothing more will be done for this recipient.
+    pub fn is_final(self) -> bool {
+        matches!(self, RcptState::Delivered | RcptState::Failed)
+    }
+}
+
+impl std::fmt::Display for RcptState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RcptState::Pending => "pending",
+            RcptState::Delivered => "delivered",
+            RcptState::Failed => "failed",
+            RcptState::Deferred => "deferred",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Recipient {
+    pub address: String,
+    /// RFC 3461 ORCPT as `type;address` (xtext already decoded).
+    pub orcpt: Option<String>,
+    pub notify: Notify,
+    pub state: RcptState,
+    pub tries: u32,
+    pub last_error: Option<String>,
+    /// Unix seconds; 0 = as soon as the domain's schedule allows.
+    pub next_attempt: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: TxnId,
+    /// Unix seconds.
+    pub arrival: u64,
+    /// Empty for the null reverse-path `<>`.
+    pub sender: String,
+    pub envid: Option<String>,
+    pub ret: Option<DsnRet>,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    /// `helo [ip]` of the submitting client, for logs and bounces.
+    pub client: String,
+    pub held: bool,
+    pub recipients: Vec<Recipient>,
+}
+
+impl Envelope {
+    /// Recipients not yet delivered or failed.
+    pub fn open_recipients(&self) -> usize {
+        self.recipients
+            .iter()
+            .filter(|r| !r.state.is_final())
+            .count()
+    }
+}
+
+/// A domain's place in the retry schedule, kept so a restart does not hammer a domain
+/// that was backing off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSchedule {
+    pub domain: String,
+    pub level: u32,
+    /// Unix seconds; 0 = no pending retry time.
+    pub next_attempt: u64,
+}
+
+/// One durable change to the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    Rcpt {
+        id: TxnId,
+        index: u16,
+        state: RcptState,
+        tries: u32,
+        last_error: Option<String>,
+        next_attempt: u64,
+    },
+    /// Every recipient is final: the message leaves the queue.
+    Done {
+        id: TxnId,
+    },
+    Hold {
+        id: TxnId,
+    },
+    Release {
+        id: TxnId,
+    },
+    /// Removed by the administrator.
+    Delete {
+        id: TxnId,
+    },
+    Schedule(DomainSchedule),
+    /// Replace the envelope wholesale (recipients added by alias expansion, say).
+    Rewrite(Envelope),
+}
+
+impl Update {
+    /// The message an update is about, if any.
+    pub fn id(&self) -> Option<TxnId> {
+        match self {
+            Update::Rcpt { id, .. }
+            | Update::Done { id }
+            | Update::Hold { id }
+            | Update::Release { id }
+            | Update::Delete { id } => Some(*id),
+            Update::Rewrite(e) => Some(e.id),
+            Update::Schedule(_) => None,
+        }
+    }
+}

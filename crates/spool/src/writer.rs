@@ -1,0 +1,375 @@
+//! The writer thread: the single owner of the log and of the queue state it describes.
+//! Batches every waiting request into one write and one fdatasync (group commit), then
+//! rotates, reclaims and compacts segments.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::envelope::{Envelope, Update};
+use crate::state::{Loc, State};
+use crate::{
+    Index, MessageRef, SpoolConfig, SpoolError, Stats, content_path, fsync_dir, io_no_space,
+    record, seg_path,
+};
+
+pub enum Body {
+    Inline(Vec<u8>),
+    External(u64),
+}
+
+pub enum Request {
+    Commit {
+        env: Box<Envelope>,
+        body: Body,
+        reply: oneshot::Sender<Result<MessageRef, SpoolError>>,
+    },
+    Update {
+        updates: Vec<Update>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Most requests taken into one group commit; bounds the latency of the first one.
+const MAX_BATCH: usize = 512;
+/// Most messages copied forward per batch, so compaction never stalls new mail for long.
+const RELOCATE_PER_BATCH: usize = 64;
+
+pub struct Writer {
+    cfg: SpoolConfig,
+    state: State,
+    segs: Vec<u64>,
+    active: File,
+    active_seg: u64,
+    active_len: u64,
+    index: Arc<Index>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    pub fn start(
+        cfg: SpoolConfig,
+        state: State,
+        mut segs: Vec<u64>,
+        index: Arc<Index>,
+        stats: Arc<Stats>,
+    ) -> Result<Writer, SpoolError> {
+        // Each start gets a fresh segment: the old last one may end in a repaired tail and
+        // stays read-only until reclaimed.
+        let active_seg = segs.last().map_or(1, |s| s + 1);
+        let path = seg_path(&cfg.dir, active_seg);
+        let active = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| SpoolError::io(format!("creating {}", path.display()), e))?;
+        fsync_dir(&cfg.dir.join("log"))
+            .map_err(|e| SpoolError::io("syncing the log directory", e))?;
+        segs.push(active_seg);
+        let mut w = Writer {
+            cfg,
+            state,
+            segs,
+            active,
+            active_seg,
+            active_len: 0,
+            index,
+            stats,
+        };
+        w.maintain();
+        Ok(w)
+    }
+
+    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            if self.process(batch) {
+                return;
+            }
+        }
+    }
+
+    /// Appends `buf` durably, or leaves the segment as it was. On failure the segment is
+    /// cut back so a later batch never follows a half-written record.
+    fn append(&mut self, buf: &[u8]) -> Result<(), SpoolError> {
+        let res = self
+            .active
+            .write_all(buf)
+            .and_then(|()| self.active.sync_data());
+        match res {
+            Ok(()) => {
+                self.active_len += buf.len() as u64;
+                self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                let no_space = io_no_space(&e);
+                if let Err(t) = self
+                    .active
+                    .set_len(self.active_len)
+                    .and_then(|()| self.active.sync_data())
+                {
+                    warn!("could not cut the log back after a failed write: {t}");
+                }
+                Err(SpoolError::Write {
+                    no_space,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Returns true when asked to shut down.
+    fn process(&mut self, batch: Vec<Request>) -> bool {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        // (request index, record offset in buf, inline content offset)
+        let mut placed: Vec<Option<u64>> = Vec::with_capacity(batch.len());
+        let mut external = false;
+        let mut shutdown = false;
+        for req in &batch {
+            match req {
+                Request::Commit { env, body, .. } => {
+                    let off = match body {
+                        Body::Inline(bytes) => {
+                            record::encode_message(env, Some(bytes), 0, &mut buf)
+                        }
+                        Body::External(len) => {
+                            external = true;
+                            record::encode_message(env, None, *len, &mut buf)
+                        }
+                    };
+                    placed.push(Some(off as u64));
+                }
+                Request::Update { updates, .. } => {
+                    record::encode_updates(updates, &mut buf);
+                    placed.push(None);
+                }
+                Request::Shutdown { .. } => {
+                    shutdown = true;
+                    placed.push(None);
+                }
+            }
+        }
+        // New content files must be reachable after a crash before a record names them.
+        let mut res = if external {
+            fsync_dir(&self.cfg.dir.join("content")).map_err(|e| SpoolError::Write {
+                no_space: io_no_space(&e),
+                message: format!("syncing the content directory: {e}"),
+            })
+        } else {
+            Ok(())
+        };
+        let base = self.active_len;
+        if res.is_ok() && !buf.is_empty() {
+            res = self.append(&buf);
+        }
+        let mut removed = Vec::new();
+        for (req, off) in batch.into_iter().zip(placed) {
+            match req {
+                Request::Commit { env, body, reply } => {
+                    let r = match &res {
+                        Ok(()) => {
+                            let loc = match body {
+                                Body::Inline(bytes) => Loc::Inline {
+                                    seg: self.active_seg,
+                                    offset: base + off.expect("commit was placed"),
+                                    len: bytes.len() as u64,
+                                },
+                                Body::External(len) => Loc::External { len },
+                            };
+                            let m = MessageRef {
+                                id: env.id,
+                                len: loc.len(),
+                            };
+                            self.index.lock().expect("index lock").insert(env.id, loc);
+                            self.state.add_message(*env, self.active_seg, loc);
+                            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                            Ok(m)
+                        }
+                        Err(e) => Err(clone_err(e)),
+                    };
+                    let _ = reply.send(r);
+                }
+                Request::Update { updates, reply } => {
+                    let r = match &res {
+                        Ok(()) => {
+                            for u in &updates {
+                                if let Some(gone) = self.state.apply(u, self.active_seg) {
+                                    removed.push(gone);
+                                }
+                            }
+                            self.stats.updates.fetch_add(1, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(e) => Err(clone_err(e)),
+                    };
+                    let _ = reply.send(r);
+                }
+                Request::Shutdown { reply } => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        if !removed.is_empty() {
+            let mut index = self.index.lock().expect("index lock");
+            for r in &removed {
+                index.remove(&r.id);
+            }
+        }
+        for r in removed {
+            if let Loc::External { .. } = r.loc {
+                let _ = fs::remove_file(content_path(&self.cfg.dir, r.id));
+            }
+        }
+        if !shutdown {
+            self.maintain();
+        }
+        shutdown
+    }
+
+    /// Rotation, reclaim and compaction. Failures here cost disk space, never mail, so
+    /// they are logged and retried after the next batch.
+    fn maintain(&mut self) {
+        if self.active_len >= self.cfg.segment_size
+            && let Err(e) = self.rotate()
+        {
+            warn!("could not start a new log segment: {e}");
+        }
+        if let Err(e) = self.compact() {
+            warn!("log compaction: {e}");
+        }
+        if let Err(e) = self.reclaim() {
+            warn!("log reclaim: {e}");
+        }
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let next = self.active_seg + 1;
+        let path = seg_path(&self.cfg.dir, next);
+        let f = OpenOptions::new().create(true).append(true).open(&path)?;
+        fsync_dir(&self.cfg.dir.join("log"))?;
+        self.active = f;
+        self.active_seg = next;
+        self.active_len = 0;
+        self.segs.push(next);
+        debug!(segment = next, "new log segment");
+        Ok(())
+    }
+
+    /// Deletes old segments that no live message needs, oldest first.
+    fn reclaim(&mut self) -> Result<(), SpoolError> {
+        while self.segs.len() > 1 {
+            let oldest = self.segs[0];
+            if self.state.seg_live.get(&oldest).copied().unwrap_or(0) > 0 {
+                break;
+            }
+            // The newest schedule of a domain may live only in this segment: copy it.
+            let keep: Vec<Update> = self
+                .state
+                .schedules
+                .values()
+                .filter(|(_, seg)| *seg == oldest)
+                .map(|(s, _)| Update::Schedule(s.clone()))
+                .collect();
+            if !keep.is_empty() {
+                let mut buf = Vec::new();
+                record::encode_updates(&keep, &mut buf);
+                self.append(&buf)?;
+                for u in &keep {
+                    self.state.apply(u, self.active_seg);
+                }
+            }
+            let path = seg_path(&self.cfg.dir, oldest);
+            fs::remove_file(&path)
+                .map_err(|e| SpoolError::io(format!("removing {}", path.display()), e))?;
+            self.segs.remove(0);
+            self.state.seg_live.remove(&oldest);
+            debug!(segment = oldest, "log segment reclaimed");
+        }
+        Ok(())
+    }
+
+    /// Copies live messages out of the oldest segment when too many segments pile up
+    /// behind it (a few deferred messages must not pin gigabytes of delivered mail).
+    fn compact(&mut self) -> Result<(), SpoolError> {
+        if self.segs.len() <= self.cfg.max_segments {
+            return Ok(());
+        }
+        let oldest = self.segs[0];
+        let movers: Vec<(Envelope, Loc)> = self
+            .state
+            .live
+            .values()
+            .filter(|l| l.seg == oldest)
+            .take(RELOCATE_PER_BATCH)
+            .map(|l| (l.env.clone(), l.loc))
+            .collect();
+        if movers.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let mut placed = Vec::new();
+        let path: PathBuf = seg_path(&self.cfg.dir, oldest);
+        let mut old = File::open(&path)
+            .map_err(|e| SpoolError::io(format!("opening {}", path.display()), e))?;
+        for (env, loc) in movers {
+            match loc {
+                Loc::Inline { offset, len, .. } => {
+                    let mut content = vec![0; len as usize];
+                    old.seek(SeekFrom::Start(offset))
+                        .and_then(|_| old.read_exact(&mut content))
+                        .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
+                    let off = record::encode_message(&env, Some(&content), 0, &mut buf);
+                    placed.push((env, Some(off as u64), loc));
+                }
+                Loc::External { len } => {
+                    record::encode_message(&env, None, len, &mut buf);
+                    placed.push((env, None, loc));
+                }
+            }
+        }
+        let base = self.active_len;
+        self.append(&buf)?;
+        let mut index = self.index.lock().expect("index lock");
+        for (env, inline, old_loc) in placed {
+            let loc = match inline {
+                Some(off) => Loc::Inline {
+                    seg: self.active_seg,
+                    offset: base + off,
+                    len: old_loc.len(),
+                },
+                None => old_loc,
+            };
+            index.insert(env.id, loc);
+            self.state.add_message(env, self.active_seg, loc);
+        }
+        Ok(())
+    }
+}
+
+fn clone_err(e: &SpoolError) -> SpoolError {
+    match e {
+        SpoolError::Write { no_space, message } => SpoolError::Write {
+            no_space: *no_space,
+            message: message.clone(),
+        },
+        other => SpoolError::Write {
+            no_space: other.is_no_space(),
+            message: other.to_string(),
+        },
+    }
+}
