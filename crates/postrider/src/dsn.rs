@@ -12,8 +12,6 @@ pub enum Action {
     Failed,
     Delayed,
     Delivered,
-    /// Delivered to a next hop that does not speak DSN (RFC 3464 §2.3.3).
-    Relayed,
 }
 
 impl Action {
@@ -22,7 +20,6 @@ impl Action {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
             Action::Delivered => "delivered",
-            Action::Relayed => "relayed",
         }
     }
 }
@@ -63,7 +60,8 @@ pub fn status_of(text: &str, permanent: bool) -> String {
     for word in text.split_whitespace().take(3) {
         let w = word.trim_end_matches([',', ';', ':']);
         let mut parts = w.split('.');
-        if let (Some(a), Some(b), Some(c), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        if let (Some(a), Some(b), Some(c), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
             && matches!(a, "2" | "4" | "5")
             && !b.is_empty()
             && b.len() <= 3
@@ -85,7 +83,13 @@ fn date(secs: u64) -> String {
 /// Keeps a header value on one line and within printable ASCII.
 fn clean(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 
@@ -97,7 +101,11 @@ impl Dsn<'_> {
             "Undelivered Mail Returned to Sender"
         } else if any_delayed {
             "Delayed Mail (still being retried)"
-        } else if self.recipients.iter().all(|r| matches!(r.action, Action::Delivered | Action::Relayed)) {
+        } else if self
+            .recipients
+            .iter()
+            .all(|r| r.action == Action::Delivered)
+        {
             "Successful Mail Delivery Report"
         } else {
             "Mail Delivery Status Report"
@@ -145,14 +153,22 @@ impl Dsn<'_> {
             self.reporting_mta
         );
         if let Some(e) = self.envid {
-            let _ = write!(m, "Original-Envelope-Id: {}\r\n", smtp_proto::xtext_encode(e));
+            let _ = write!(
+                m,
+                "Original-Envelope-Id: {}\r\n",
+                smtp_proto::xtext_encode(e)
+            );
         }
         let _ = write!(m, "Arrival-Date: {}\r\n", date(self.arrival));
         for r in &self.recipients {
             m.push_str("\r\n");
             if let Some(o) = &r.original_recipient {
                 let (kind, addr) = o.split_once(';').unwrap_or(("rfc822", o));
-                let _ = write!(m, "Original-Recipient: {kind};{}\r\n", smtp_proto::xtext_encode(addr));
+                let _ = write!(
+                    m,
+                    "Original-Recipient: {kind};{}\r\n",
+                    smtp_proto::xtext_encode(addr)
+                );
             }
             let _ = write!(
                 m,
@@ -176,7 +192,10 @@ impl Dsn<'_> {
         } else {
             "text/rfc822-headers"
         };
-        let _ = write!(m, "--{b}\r\nContent-Description: Undelivered Message\r\nContent-Type: {ctype}\r\n\r\n");
+        let _ = write!(
+            m,
+            "--{b}\r\nContent-Description: Undelivered Message\r\nContent-Type: {ctype}\r\n\r\n"
+        );
         let mut out = m.into_bytes();
         out.extend_from_slice(self.returned);
         if !self.returned.ends_with(b"\r\n") {
@@ -244,7 +263,9 @@ mod tests {
         assert!(t.contains("Arrival-Date: Mon, 23 Nov 2026 01:02:03 +0000\r\n"));
         assert!(t.contains("Original-Recipient: rfc822;Bad@Dst.Test\r\nFinal-Recipient: rfc822; bad@dst.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
         assert!(t.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
-        assert!(t.contains("Final-Recipient: rfc822; gone@dst.test\r\nAction: failed\r\nStatus: 5.0.0\r\n"));
+        assert!(t.contains(
+            "Final-Recipient: rfc822; gone@dst.test\r\nAction: failed\r\nStatus: 5.0.0\r\n"
+        ));
         assert!(t.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi"));
         assert!(t.ends_with("--b1.S0001--\r\n"));
         assert!(!t.replace("\r\n", "").contains('\n'), "only CRLF line ends");
@@ -255,7 +276,10 @@ mod tests {
     #[test]
     fn status_extraction() {
         assert_eq!(status_of("550 5.1.1 user unknown", true), "5.1.1");
-        assert_eq!(status_of("5.4.6 mail for x loops back to myself", true), "5.4.6");
+        assert_eq!(
+            status_of("5.4.6 mail for x loops back to myself", true),
+            "5.4.6"
+        );
         assert_eq!(status_of("451 try later", false), "4.0.0");
         assert_eq!(status_of("550 5.1.1: user unknown", true), "5.1.1");
         assert_eq!(header_section(b"A: b\r\n\r\nbody"), b"A: b\r\n");

@@ -31,7 +31,10 @@ pub mod sysexits {
 fn main() -> ExitCode {
     // Installed as /usr/sbin/sendmail (a link), scripts call us with sendmail's options.
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if Path::new(&argv0).file_name().is_some_and(|n| n == "sendmail") {
+    if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "sendmail")
+    {
         let args: Vec<String> = std::env::args().skip(1).collect();
         return match load_config(None) {
             Ok(cfg) => sendmail::run(&cfg, &args),

@@ -35,12 +35,14 @@ pub enum Mode {
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut o = Options::default();
     let mut i = 0;
-    let mut value = |i: &mut usize, inline: &str, flag: &str| -> Result<String, String> {
+    let value = |i: &mut usize, inline: &str, flag: &str| -> Result<String, String> {
         if !inline.is_empty() {
             return Ok(inline.to_owned());
         }
         *i += 1;
-        args.get(*i).cloned().ok_or_else(|| format!("option {flag} needs a value"))
+        args.get(*i)
+            .cloned()
+            .ok_or_else(|| format!("option {flag} needs a value"))
     };
     while i < args.len() {
         let a = &args[i];
@@ -111,7 +113,11 @@ fn headers(msg: &[u8]) -> (Vec<(String, String)>, usize) {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut pos = 0;
     while pos < msg.len() {
-        let end = msg[pos..].windows(2).position(|w| w == b"\r\n").map(|e| pos + e).unwrap_or(msg.len());
+        let end = msg[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|e| pos + e)
+            .unwrap_or(msg.len());
         let line = String::from_utf8_lossy(&msg[pos..end]).into_owned();
         let next = (end + 2).min(msg.len());
         if line.is_empty() {
@@ -138,7 +144,7 @@ pub fn addresses(list: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let (mut quoted, mut angle, mut comment) = (false, false, 0u32);
-    let mut flush = |cur: &mut String, out: &mut Vec<String>| {
+    let flush = |cur: &mut String, out: &mut Vec<String>| {
         let item = cur.trim();
         let addr = match (item.find('<'), item.rfind('>')) {
             (Some(a), Some(b)) if a < b => item[a + 1..b].trim(),
@@ -176,24 +182,38 @@ pub fn addresses(list: &str) -> Vec<String> {
 
 /// Adds Date, Message-ID and From when missing, drops Bcc; returns the new message and the
 /// recipients found in To/Cc/Bcc (for -t).
-pub fn prepare(msg: &[u8], from: &str, full_name: Option<&str>, hostname: &str, now: SystemTime, unique: &str) -> (Vec<u8>, Vec<String>) {
+pub fn prepare(
+    msg: &[u8],
+    from: &str,
+    full_name: Option<&str>,
+    hostname: &str,
+    now: SystemTime,
+    unique: &str,
+) -> (Vec<u8>, Vec<String>) {
     let (hdrs, body_at) = headers(msg);
     let has = |n: &str| hdrs.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
     let mut rcpts = Vec::new();
     for (k, v) in &hdrs {
-        if ["to", "cc", "bcc"].iter().any(|n| k.eq_ignore_ascii_case(n)) {
+        if ["to", "cc", "bcc"]
+            .iter()
+            .any(|n| k.eq_ignore_ascii_case(n))
+        {
             rcpts.extend(addresses(v));
         }
     }
     let mut out = Vec::with_capacity(msg.len() + 256);
     if !has("from") {
         match full_name {
-            Some(n) => out.extend_from_slice(format!("From: \"{}\" <{from}>\r\n", n.replace('"', "")).as_bytes()),
+            Some(n) => out.extend_from_slice(
+                format!("From: \"{}\" <{from}>\r\n", n.replace('"', "")).as_bytes(),
+            ),
             None => out.extend_from_slice(format!("From: {from}\r\n").as_bytes()),
         }
     }
     if !has("date") {
-        out.extend_from_slice(format!("Date: {}\r\n", crate::server::headers::rfc5322_date(now)).as_bytes());
+        out.extend_from_slice(
+            format!("Date: {}\r\n", crate::server::headers::rfc5322_date(now)).as_bytes(),
+        );
     }
     if !has("message-id") {
         out.extend_from_slice(format!("Message-ID: <{unique}@{hostname}>\r\n").as_bytes());
@@ -202,7 +222,11 @@ pub fn prepare(msg: &[u8], from: &str, full_name: Option<&str>, hostname: &str, 
     let mut pos = 0;
     let mut skipping = false;
     while pos < body_at {
-        let end = msg[pos..body_at].windows(2).position(|w| w == b"\r\n").map(|e| pos + e + 2).unwrap_or(body_at);
+        let end = msg[pos..body_at]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|e| pos + e + 2)
+            .unwrap_or(body_at);
         let line = &msg[pos..end];
         if !line.starts_with(b" ") && !line.starts_with(b"\t") {
             skipping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
@@ -220,9 +244,18 @@ pub fn prepare(msg: &[u8], from: &str, full_name: Option<&str>, hostname: &str, 
 }
 
 fn daemon_addr(cfg: &Config) -> SocketAddr {
-    let mut a = cfg.smtp.listen.first().copied().unwrap_or_else(|| "127.0.0.1:2525".parse().expect("literal"));
+    let mut a = cfg
+        .smtp
+        .listen
+        .first()
+        .copied()
+        .unwrap_or_else(|| "127.0.0.1:2525".parse().expect("literal"));
     if a.ip().is_unspecified() {
-        a.set_ip(if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        a.set_ip(if a.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
     }
     a
 }
@@ -236,13 +269,26 @@ pub fn run(cfg: &Config, args: &[String]) -> ExitCode {
         }
     };
     match o.mode {
-        Mode::ListQueue => return crate::queue::cli::run(cfg, crate::cli::QueueAction::List, false),
-        Mode::Flush => return crate::queue::cli::run(cfg, crate::cli::QueueAction::Flush { domain: None }, false),
+        Mode::ListQueue => {
+            return crate::queue::cli::run(cfg, crate::cli::QueueAction::List, false);
+        }
+        Mode::Flush => {
+            return crate::queue::cli::run(
+                cfg,
+                crate::cli::QueueAction::Flush { domain: None },
+                false,
+            );
+        }
         Mode::SmtpOnStdin => return smtp_on_stdio(cfg),
         Mode::Deliver => {}
     }
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".into());
-    let sender = o.sender.clone().unwrap_or_else(|| format!("{user}@{}", cfg.hostname));
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into());
+    let sender = o
+        .sender
+        .clone()
+        .unwrap_or_else(|| format!("{user}@{}", cfg.hostname));
     let stdin = std::io::stdin();
     let msg = match read_message(&mut stdin.lock(), o.ignore_dots) {
         Ok(m) => m,
@@ -253,18 +299,38 @@ pub fn run(cfg: &Config, args: &[String]) -> ExitCode {
     };
     let unique = format!(
         "{}.{}",
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
         std::process::id()
     );
-    let from_header = if sender.is_empty() { format!("{user}@{}", cfg.hostname) } else { sender.clone() };
-    let (msg, header_rcpts) = prepare(&msg, &from_header, o.full_name.as_deref(), &cfg.hostname, SystemTime::now(), &unique);
+    let from_header = if sender.is_empty() {
+        format!("{user}@{}", cfg.hostname)
+    } else {
+        sender.clone()
+    };
+    let (msg, header_rcpts) = prepare(
+        &msg,
+        &from_header,
+        o.full_name.as_deref(),
+        &cfg.hostname,
+        SystemTime::now(),
+        &unique,
+    );
     let mut rcpts = o.recipients.clone();
     if o.extract_recipients {
         rcpts.extend(header_rcpts);
     }
     let rcpts: Vec<String> = rcpts
         .into_iter()
-        .map(|r| if r.contains('@') { r } else { format!("{r}@{}", cfg.hostname) })
+        .map(|r| {
+            if r.contains('@') {
+                r
+            } else {
+                format!("{r}@{}", cfg.hostname)
+            }
+        })
         .collect();
     if rcpts.is_empty() {
         eprintln!("sendmail: no recipients given");
@@ -279,10 +345,22 @@ pub fn run(cfg: &Config, args: &[String]) -> ExitCode {
     }
 }
 
-fn submit(addr: SocketAddr, helo: &str, sender: &str, rcpts: &[String], msg: &[u8]) -> Result<(), (u8, String)> {
-    let unavailable = |e: std::io::Error| (sysexits::TEMPFAIL, format!("cannot reach the postrider daemon at {addr}: {e}"));
+fn submit(
+    addr: SocketAddr,
+    helo: &str,
+    sender: &str,
+    rcpts: &[String],
+    msg: &[u8],
+) -> Result<(), (u8, String)> {
+    let unavailable = |e: std::io::Error| {
+        (
+            sysexits::TEMPFAIL,
+            format!("cannot reach the postrider daemon at {addr}: {e}"),
+        )
+    };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(unavailable)?;
-    s.set_read_timeout(Some(Duration::from_secs(300))).map_err(unavailable)?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))
+        .map_err(unavailable)?;
     let mut parser = ReplyParser::new();
     let mut read = |s: &mut TcpStream| -> Result<smtp_proto::Reply, (u8, String)> {
         let mut buf = [0u8; 4096];
@@ -292,7 +370,10 @@ fn submit(addr: SocketAddr, helo: &str, sender: &str, rcpts: &[String], msg: &[u
             }
             let n = s.read(&mut buf).map_err(unavailable)?;
             if n == 0 {
-                return Err((sysexits::TEMPFAIL, "the daemon closed the connection".into()));
+                return Err((
+                    sysexits::TEMPFAIL,
+                    "the daemon closed the connection".into(),
+                ));
             }
             parser.push(&buf[..n]);
         }
@@ -307,20 +388,40 @@ fn submit(addr: SocketAddr, helo: &str, sender: &str, rcpts: &[String], msg: &[u
         }
     };
     expect(read(&mut s)?, "greeting")?;
-    let mut send = |s: &mut TcpStream, c: &Command| s.write_all(c.to_line().as_bytes()).map_err(unavailable);
+    let send =
+        |s: &mut TcpStream, c: &Command| s.write_all(c.to_line().as_bytes()).map_err(unavailable);
     send(&mut s, &Command::Ehlo(helo.to_owned()))?;
     expect(read(&mut s)?, "EHLO")?;
     let from = if sender.is_empty() {
         ReversePath::Null
     } else {
-        ReversePath::Mailbox(Mailbox::parse(sender).map_err(|e| (sysexits::DATAERR, format!("sender {sender}: {e}")))?)
+        ReversePath::Mailbox(
+            Mailbox::parse(sender)
+                .map_err(|e| (sysexits::DATAERR, format!("sender {sender}: {e}")))?,
+        )
     };
     let utf8 = !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
-    send(&mut s, &Command::Mail { from, params: MailParams { smtputf8: utf8, ..Default::default() } })?;
+    send(
+        &mut s,
+        &Command::Mail {
+            from,
+            params: MailParams {
+                smtputf8: utf8,
+                ..Default::default()
+            },
+        },
+    )?;
     expect(read(&mut s)?, "MAIL FROM")?;
     for r in rcpts {
-        let m = Mailbox::parse(r).map_err(|e| (sysexits::DATAERR, format!("recipient {r}: {e}")))?;
-        send(&mut s, &Command::Rcpt { to: ForwardPath::Mailbox(m), params: RcptParams::default() })?;
+        let m =
+            Mailbox::parse(r).map_err(|e| (sysexits::DATAERR, format!("recipient {r}: {e}")))?;
+        send(
+            &mut s,
+            &Command::Rcpt {
+                to: ForwardPath::Mailbox(m),
+                params: RcptParams::default(),
+            },
+        )?;
         expect(read(&mut s)?, &format!("RCPT TO:<{r}>"))?;
     }
     send(&mut s, &Command::Data)?;
@@ -387,26 +488,48 @@ mod tests {
     #[test]
     fn dots_and_line_ends() {
         let mut input: &[u8] = b"Subject: x\n\nline\n.\nafter\n";
-        assert_eq!(read_message(&mut input, false).unwrap(), b"Subject: x\r\n\r\nline\r\n");
+        assert_eq!(
+            read_message(&mut input, false).unwrap(),
+            b"Subject: x\r\n\r\nline\r\n"
+        );
         let mut input: &[u8] = b"Subject: x\n\n.\nafter";
-        assert_eq!(read_message(&mut input, true).unwrap(), b"Subject: x\r\n\r\n.\r\nafter\r\n");
+        assert_eq!(
+            read_message(&mut input, true).unwrap(),
+            b"Subject: x\r\n\r\n.\r\nafter\r\n"
+        );
     }
 
     #[test]
     fn address_lists() {
         assert_eq!(
-            addresses("a@x.test, \"Doe, J\" <j@x.test>, team: b@x.test, c@x.test; (comment, x) d@x.test"),
+            addresses(
+                "a@x.test, \"Doe, J\" <j@x.test>, team: b@x.test, c@x.test; (comment, x) d@x.test"
+            ),
             ["a@x.test", "j@x.test", "b@x.test", "c@x.test", "d@x.test"]
         );
     }
 
     #[test]
     fn prepare_adds_missing_headers_and_drops_bcc() {
-        let (m, r) = prepare(b"To: a@x.test\r\nBcc: secret@x.test,\r\n other@x.test\r\nSubject: s\r\n\r\nbody\r\n", "me@h.test", None, "h.test", SystemTime::UNIX_EPOCH, "u1");
+        let (m, r) = prepare(
+            b"To: a@x.test\r\nBcc: secret@x.test,\r\n other@x.test\r\nSubject: s\r\n\r\nbody\r\n",
+            "me@h.test",
+            None,
+            "h.test",
+            SystemTime::UNIX_EPOCH,
+            "u1",
+        );
         let t = String::from_utf8(m).unwrap();
         assert!(t.starts_with("From: me@h.test\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\nMessage-ID: <u1@h.test>\r\nTo: a@x.test\r\nSubject: s\r\n\r\nbody\r\n"), "{t}");
         assert_eq!(r, ["a@x.test", "secret@x.test", "other@x.test"]);
-        let (m, _) = prepare(b"just a body line\r\n", "me@h.test", Some("Me"), "h.test", SystemTime::UNIX_EPOCH, "u2");
+        let (m, _) = prepare(
+            b"just a body line\r\n",
+            "me@h.test",
+            Some("Me"),
+            "h.test",
+            SystemTime::UNIX_EPOCH,
+            "u2",
+        );
         let t = String::from_utf8(m).unwrap();
         assert!(t.contains("From: \"Me\" <me@h.test>\r\n"));
         assert!(t.ends_with("\r\n\r\njust a body line\r\n"), "{t}");

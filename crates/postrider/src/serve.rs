@@ -80,6 +80,7 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
             messages_per_connection: cfg.delivery.messages_per_connection,
             max_queue_time: cfg.delivery.max_queue_time,
             delivery_enabled: cfg.delivery.enabled,
+            hostname: cfg.hostname.clone(),
         },
     );
     manager.recover(recovery.messages, recovery.schedules);
@@ -93,7 +94,10 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         local,
         tls,
         shutdown: shutdown.clone(),
-        limits: ConnLimits::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_client),
+        limits: ConnLimits::new(
+            cfg.smtp.max_connections,
+            cfg.smtp.max_connections_per_client,
+        ),
     });
     let qm_shutdown = CancellationToken::new();
     let qm = tokio::spawn(manager.run(qm_shutdown.clone()));
@@ -104,7 +108,11 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     ));
     let mut accepts = Vec::new();
     for l in listeners {
-        accepts.push(tokio::spawn(server::accept_loop(l, ctx.clone(), sessions.clone())));
+        accepts.push(tokio::spawn(server::accept_loop(
+            l,
+            ctx.clone(),
+            sessions.clone(),
+        )));
     }
 
     wait_for_signal().await;
@@ -114,7 +122,10 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         let _ = a.await;
     }
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+        .await
+        .is_err()
+    {
         warn!("sessions still open after {SHUTDOWN_GRACE:?}; closing them");
     }
     qm_shutdown.cancel();
@@ -160,8 +171,6 @@ fn client_settings(cfg: &Config) -> ClientSettings {
 }
 
 pub fn resolver_config(cfg: &Config) -> resolver::ResolverConfig {
-    let mut self_addresses = cfg.delivery.self_addresses.clone();
-    self_addresses.extend(cfg.smtp.listen.iter().map(|a| a.ip()));
     resolver::ResolverConfig {
         nameservers: cfg.dns.nameservers.clone(),
         timeout: cfg.dns.timeout,
@@ -173,6 +182,7 @@ pub fn resolver_config(cfg: &Config) -> resolver::ResolverConfig {
         implicit_mx: cfg.delivery.implicit_mx,
         ipv6: cfg.delivery.ipv6,
         srv: cfg.delivery.srv,
-        self_addresses,
+        self_addresses: cfg.delivery.self_addresses.clone(),
+        listen: cfg.smtp.listen.clone(),
     }
 }

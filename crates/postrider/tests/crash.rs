@@ -21,10 +21,16 @@ fn send_tracked(port: u16, sender: &str, body_len: usize) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let body = "x".repeat(body_len);
-    let msg = format!(
-        "EHLO crash.test\r\nMAIL FROM:<{sender}>\r\nRCPT TO:<r@dst.test>\r\nDATA\r\n"
-    );
+    // Lines of 76 octets: longer than 1000 would be refused (RFC 5321 §4.5.3.1.6).
+    let body = "x"
+        .repeat(body_len)
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let msg =
+        format!("EHLO crash.test\r\nMAIL FROM:<{sender}>\r\nRCPT TO:<r@dst.test>\r\nDATA\r\n");
     if s.write_all(msg.as_bytes()).is_err() {
         return false;
     }
@@ -59,11 +65,16 @@ fn send_tracked(port: u16, sender: &str, body_len: usize) -> bool {
 
 fn spool_senders(d: &Daemon) -> HashMap<String, usize> {
     let out = d.cli(&["queue", "--json", "list"]);
-    assert!(out.status.success(), "offline queue list: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "offline queue list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut m = HashMap::new();
-    for msg in v["List"].as_array().unwrap() {
-        *m.entry(msg["sender"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    for msg in v.as_array().unwrap() {
+        *m.entry(msg["sender"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
     }
     m
 }
@@ -96,7 +107,18 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     for _ in 0..kills {
         // smtp-source adds background load at concurrency 20 for this round.
         let mut load = Command::new("smtp-source")
-            .args(["-m", "100000", "-s", "20", "-l", "2048", "-f", "load@src.test", "-t", "r@dst.test"])
+            .args([
+                "-m",
+                "100000",
+                "-s",
+                "20",
+                "-l",
+                "2048",
+                "-f",
+                "load@src.test",
+                "-t",
+                "r@dst.test",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -107,7 +129,9 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
         rng_state ^= rng_state >> 7;
         rng_state ^= rng_state << 17;
         let target = acked.lock().unwrap().len() + 5 + (rng_state % 40) as usize;
-        wait_for("load to make progress", Duration::from_secs(60), || acked.lock().unwrap().len() >= target);
+        wait_for("load to make progress", Duration::from_secs(60), || {
+            acked.lock().unwrap().len() >= target
+        });
         d.kill9();
         let _ = load.kill();
         let _ = load.wait();
@@ -121,16 +145,29 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     let spooled = spool_senders(&d);
     let acked = acked.lock().unwrap();
     let missing: Vec<&String> = acked.iter().filter(|s| !spooled.contains_key(*s)).collect();
-    let duplicates: usize = spooled.iter().filter(|(s, _)| s.starts_with("crash-")).map(|(_, n)| n - 1).sum();
-    let unacked_kept = spooled.keys().filter(|s| s.starts_with("crash-") && !acked.contains(*s)).count();
+    let duplicates: usize = spooled
+        .iter()
+        .filter(|(s, _)| s.starts_with("crash-"))
+        .map(|(_, n)| n - 1)
+        .sum();
+    let unacked_kept = spooled
+        .keys()
+        .filter(|s| s.starts_with("crash-") && !acked.contains(*s))
+        .count();
     eprintln!(
         "crash test: {kills} kill -9, {} acknowledged, {} missing, {duplicates} duplicates, {unacked_kept} committed but unacknowledged, {} smtp-source messages kept",
         acked.len(),
         missing.len(),
         spooled.get("load@src.test").copied().unwrap_or(0)
     );
-    assert!(acked.len() > kills * 5, "the load made too little progress to mean anything");
-    assert!(missing.is_empty(), "acknowledged messages lost: {missing:?}");
+    assert!(
+        acked.len() > kills * 5,
+        "the load made too little progress to mean anything"
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged messages lost: {missing:?}"
+    );
 }
 
 /// A small tmpfs for the spool, removed on drop.
@@ -146,7 +183,10 @@ impl Tmpfs {
             .arg(dir.path())
             .status()
             .expect("mount");
-        assert!(st.success(), "mounting a tmpfs needs root (CI runs as root)");
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
         Tmpfs { dir }
     }
 }
@@ -185,7 +225,11 @@ fn full_disk_gets_452_and_keeps_what_was_acknowledged() {
     let mut acked = Vec::new();
     for i in 0..5 {
         let s = format!("before-{i}@src.test");
-        assert!(send_tracked(d.port, &s, 2000), "{s} refused with space free");
+        assert!(
+            send_tracked(d.port, &s, 2000),
+            "{s} refused with space free:\n{}",
+            d.log()
+        );
         acked.push(s);
     }
     // Below the floor: new transactions get 452 4.3.1, nothing half-written is acknowledged.
@@ -222,5 +266,8 @@ fn full_disk_gets_452_and_keeps_what_was_acknowledged() {
     for s in &acked {
         assert!(spooled.contains_key(s), "{s} was acknowledged but is gone");
     }
-    eprintln!("disk-full test: {} acknowledged, {refused} refused with 4xx", acked.len());
+    eprintln!(
+        "disk-full test: {} acknowledged, {refused} refused with 4xx",
+        acked.len()
+    );
 }

@@ -5,23 +5,39 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 fn route_to(port: u16, extra: &str) -> String {
-    format!("[routes]\n\"dst.test\" = \"[127.0.0.1]:{port}\"\n[delivery]\nbackoff = [\"1h\"]\n{extra}")
+    format!(
+        "[routes]\n\"dst.test\" = \"[127.0.0.1]:{port}\"\n[delivery]\nbackoff = [\"1h\"]\n{extra}"
+    )
 }
 
 fn queue_json(d: &Daemon) -> serde_json::Value {
     let out = d.cli(&["queue", "--json", "list"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn send(d: &Daemon, to: &str) {
-    let out = swaks(d.port, &["-f", "sender@src.test", "-t", to, "--header", "Subject: delivery test"]);
+    let out = swaks(
+        d.port,
+        &[
+            "-f",
+            "sender@src.test",
+            "-t",
+            to,
+            "--header",
+            "Subject: delivery test",
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("queued as S"), "{text}");
 }
@@ -31,7 +47,9 @@ fn delivers_to_a_sink_with_received_header() {
     let sink = Sink::start(&[]);
     let d = Daemon::start(&route_to(sink.port, ""));
     send(&d, "rcpt@dst.test");
-    wait_for("message at the sink", Duration::from_secs(20), || sink.messages().len() == 1);
+    wait_for("message at the sink", Duration::from_secs(20), || {
+        sink.messages().len() == 1
+    });
     let rec: serde_json::Value = serde_json::from_str(&sink.messages()[0]).unwrap();
     assert_eq!(rec["rcpt_tos"][0], "rcpt@dst.test");
     assert_eq!(rec["mail_from"], "sender@src.test");
@@ -40,29 +58,51 @@ fn delivers_to_a_sink_with_received_header() {
     assert!(text.contains("by mx.postrider.test (postrider)"));
     assert!(text.contains("Subject: delivery test"));
     wait_for("queue empty", Duration::from_secs(10), || {
-        queue_json(&d)["List"].as_array().is_some_and(|l| l.is_empty())
+        queue_json(&d).as_array().is_some_and(|l| l.is_empty())
     });
 }
 
 #[test]
 fn per_recipient_results() {
-    let sink = Sink::start(&["--rcpt-reply", "bad=550 5.1.1 no such user", "--rcpt-reply", "later=451 4.2.0 try later"]);
+    let sink = Sink::start(&[
+        "--rcpt-reply",
+        "bad=550 5.1.1 no such user",
+        "--rcpt-reply",
+        "later=451 4.2.0 try later",
+    ]);
     let d = Daemon::start(&route_to(sink.port, ""));
     send(&d, "good@dst.test,bad@dst.test,later@dst.test");
-    wait_for("delivery to the good recipient", Duration::from_secs(20), || sink.messages().len() == 1);
+    wait_for(
+        "delivery to the good recipient",
+        Duration::from_secs(20),
+        || sink.messages().len() == 1,
+    );
     let rec: serde_json::Value = serde_json::from_str(&sink.messages()[0]).unwrap();
     assert_eq!(rec["rcpt_tos"], serde_json::json!(["good@dst.test"]));
-    wait_for("deferred recipient recorded", Duration::from_secs(10), || {
-        let q = queue_json(&d);
-        let Some(m) = q["List"].as_array().and_then(|l| l.first()).cloned() else { return false };
-        let r = m["recipients"].as_array().unwrap().clone();
-        let state = |a: &str| r.iter().find(|x| x["address"] == a).map(|x| x["state"].as_str().unwrap().to_owned());
-        state("later@dst.test").as_deref() == Some("deferred")
-            && r.iter().any(|x| x["address"] == "later@dst.test" && x["last_error"].as_str().unwrap_or("").contains("451"))
-    });
+    wait_for(
+        "deferred recipient recorded",
+        Duration::from_secs(10),
+        || {
+            let q = queue_json(&d);
+            let Some(m) = q.as_array().and_then(|l| l.first()).cloned() else {
+                return false;
+            };
+            let r = m["recipients"].as_array().unwrap().clone();
+            let state = |a: &str| {
+                r.iter()
+                    .find(|x| x["address"] == a)
+                    .map(|x| x["state"].as_str().unwrap().to_owned())
+            };
+            state("later@dst.test").as_deref() == Some("deferred")
+                && r.iter().any(|x| {
+                    x["address"] == "later@dst.test"
+                        && x["last_error"].as_str().unwrap_or("").contains("451")
+                })
+        },
+    );
 }
 
-fn start_pipecheck(port: u16, dir: &std::path::Path) -> Child {
+fn start_pipecheck(port: u16, dir: &std::path::Path) -> Proc {
     let mut child = Command::new(PYTHON)
         .arg(repo_root().join("tests/peers/pipecheck.py"))
         .args(["--port", &port.to_string(), "--out"])
@@ -71,9 +111,11 @@ fn start_pipecheck(port: u16, dir: &std::path::Path) -> Child {
         .spawn()
         .expect("pipecheck.py");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "ready");
-    child
+    Proc(child)
 }
 
 #[test]
@@ -83,39 +125,69 @@ fn one_pipelined_connection_carries_a_batch_of_100() {
     let d = Daemon::start(&route_to(port, ""));
     // The destination is down: every message is deferred for an hour.
     for i in 0..100 {
-        let out = swaks(d.port, &["-f", "s@src.test", "-t", &format!("r{i}@dst.test"), "--silent", "2"]);
+        let out = swaks(
+            d.port,
+            &[
+                "-f",
+                "s@src.test",
+                "-t",
+                &format!("r{i}@dst.test"),
+                "--silent",
+                "2",
+            ],
+        );
         assert!(out.status.success());
     }
     wait_for("100 deferred", Duration::from_secs(30), || {
-        queue_json(&d)["List"].as_array().is_some_and(|l| {
+        queue_json(&d).as_array().is_some_and(|l| {
             l.len() == 100 && l.iter().all(|m| m["recipients"][0]["state"] == "deferred")
         })
     });
-    let mut pc = start_pipecheck(port, dir.path());
+    let pc = start_pipecheck(port, dir.path());
     let out = d.cli(&["queue", "flush", "dst.test"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let count = || std::fs::read_to_string(dir.path().join("messages")).unwrap_or_default();
-    wait_for("100 messages delivered", Duration::from_secs(30), || count().trim() == "100");
+    wait_for("100 messages delivered", Duration::from_secs(30), || {
+        count().trim() == "100"
+    });
     let reads = std::fs::read_to_string(dir.path().join("reads.jsonl")).unwrap();
-    let reads: Vec<serde_json::Value> = reads.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(reads.iter().all(|r| r["conn"] == 1), "all 100 messages over one connection");
+    let reads: Vec<serde_json::Value> = reads
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        reads.iter().all(|r| r["conn"] == 1),
+        "all 100 messages over one connection"
+    );
     let pipelined = reads.iter().any(|r| {
         let t = r["data"].as_str().unwrap();
         t.contains("MAIL FROM:") && t.contains("RCPT TO:") && t.contains("DATA\r\n")
     });
     assert!(pipelined, "MAIL, RCPT and DATA must arrive in one write");
-    let _ = pc.kill();
+    drop(pc);
 }
 
-fn smtp_sink(port: u16, dir: &std::path::Path, pipelining: bool) -> Child {
+fn smtp_sink(port: u16, dir: &std::path::Path, pipelining: bool) -> Proc {
     let mut cmd = Command::new("smtp-sink");
-    cmd.args(["-u", "nobody", "-d"]).arg(format!("{}/%M.", dir.display()));
+    cmd.args(["-u", "nobody", "-d"])
+        .arg(format!("{}/%M.", dir.display()));
     if !pipelining {
         cmd.arg("-p");
     }
     cmd.arg(format!("127.0.0.1:{port}")).arg("100");
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("smtp-sink");
-    wait_for("smtp-sink listening", Duration::from_secs(10), || port_open(port));
+    let child = Proc(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smtp-sink"),
+    );
+    wait_for("smtp-sink listening", Duration::from_secs(10), || {
+        port_open(port)
+    });
     child
 }
 
@@ -128,13 +200,19 @@ fn smtp_sink_with_and_without_pipelining() {
     for pipelining in [true, false] {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let mut sink = smtp_sink(port, dir.path(), pipelining);
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let sink = smtp_sink(port, dir.path(), pipelining);
         let d = Daemon::start(&route_to(port, ""));
         for i in 0..5 {
             send(&d, &format!("r{i}@dst.test"));
         }
-        wait_for("5 messages at smtp-sink", Duration::from_secs(30), || dumped(dir.path()) >= 5);
-        let _ = sink.kill();
+        wait_for("5 messages at smtp-sink", Duration::from_secs(30), || {
+            dumped(dir.path()) >= 5
+        });
+        drop(sink);
     }
 }

@@ -227,17 +227,15 @@ impl Resolver {
             }
             Some(RouteTarget::Mx { domain: d }) => self.mx_destinations(&d).await?,
             Some(RouteTarget::Lmtp(t)) => self.lmtp_destinations(&t).await?,
-            None if self.cfg.local_domains.contains(&domain) => {
-                match self.cfg.lmtp.clone() {
-                    Some(t) => self.lmtp_destinations(&t).await?,
-                    None => {
-                        return Err(Failure::temp(
-                            "4.3.5",
-                            format!("{domain} is a local domain but no [local] lmtp is configured"),
-                        ));
-                    }
+            None if self.cfg.local_domains.contains(&domain) => match self.cfg.lmtp.clone() {
+                Some(t) => self.lmtp_destinations(&t).await?,
+                None => {
+                    return Err(Failure::temp(
+                        "4.3.5",
+                        format!("{domain} is a local domain but no [local] lmtp is configured"),
+                    ));
                 }
-            }
+            },
             None => self.mx_destinations(&domain).await?,
         };
         self.finish(&domain, dests)

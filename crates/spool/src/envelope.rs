@@ -66,6 +66,9 @@ pub struct Recipient {
     pub last_error: Option<String>,
     /// Unix seconds; 0 = as soon as the domain's schedule allows.
     pub next_attempt: u64,
+    /// A DSN reporting this recipient's final state is safely in the queue.
+    #[serde(default)]
+    pub dsn_sent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +133,11 @@ pub enum Update {
     Delete {
         id: TxnId,
     },
+    /// DSNs for these recipients were committed as a message of their own.
+    DsnSent {
+        id: TxnId,
+        rcpts: Vec<u16>,
+    },
     Schedule(DomainSchedule),
     /// Replace the envelope wholesale (recipients added by alias expansion, say).
     Rewrite(Envelope),
@@ -143,7 +151,8 @@ impl Update {
             | Update::Done { id }
             | Update::Hold { id }
             | Update::Release { id }
-            | Update::Delete { id } => Some(*id),
+            | Update::Delete { id }
+            | Update::DsnSent { id, .. } => Some(*id),
             Update::Rewrite(e) => Some(e.id),
             Update::Schedule(_) => None,
         }

@@ -97,6 +97,16 @@ impl State {
                 None
             }
             Update::Done { id } | Update::Delete { id } => self.remove(*id),
+            Update::DsnSent { id, rcpts } => {
+                if let Some(l) = self.live.get_mut(id) {
+                    for &i in rcpts {
+                        if let Some(r) = l.env.recipients.get_mut(usize::from(i)) {
+                            r.dsn_sent = true;
+                        }
+                    }
+                }
+                None
+            }
             Update::Hold { id } => {
                 if let Some(l) = self.live.get_mut(id) {
                     l.env.held = true;

@@ -24,7 +24,7 @@ pub enum Request {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "result", rename_all = "snake_case")]
+#[serde(tag = "result", content = "data", rename_all = "snake_case")]
 pub enum Response {
     List(Vec<MessageInfo>),
     Message(MessageInfo),
@@ -164,5 +164,36 @@ mod tests {
             serde_json::to_string(&Request::List).unwrap(),
             r#"{"cmd":"list"}"#
         );
+    }
+
+    #[test]
+    fn responses_round_trip_as_json() {
+        let info = MessageInfo {
+            id: "S1".into(),
+            size: 10,
+            arrival: 1,
+            sender: String::new(),
+            held: false,
+            recipients: vec![RecipientInfo {
+                address: "a@b".into(),
+                state: "deferred".into(),
+                tries: 2,
+                last_error: Some("451 4.3.0 x".into()),
+            }],
+        };
+        for resp in [
+            Response::List(vec![info.clone()]),
+            Response::Message(info),
+            Response::Shape(vec![ShapeRow {
+                domain: "d".into(),
+                total: 3,
+                buckets: vec![1, 2],
+            }]),
+            Response::Done("ok".into()),
+            Response::error("no"),
+        ] {
+            let json = serde_json::to_string(&resp).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), resp);
+        }
     }
 }

@@ -120,7 +120,9 @@ impl Client {
     async fn hello(&mut self) -> Result<(), SessionError> {
         let name = self.settings.hostname.clone();
         if self.lmtp {
-            let r = self.command(&Command::Lhlo(name), self.settings.greeting_timeout).await?;
+            let r = self
+                .command(&Command::Lhlo(name), self.settings.greeting_timeout)
+                .await?;
             if !r.is_positive() {
                 return Err(SessionError::Refused(self.relay.clone(), r));
             }
@@ -132,12 +134,16 @@ impl Client {
             self.caps = Capabilities::default();
             return Ok(());
         }
-        let r = self.command(&Command::Ehlo(name.clone()), self.settings.greeting_timeout).await?;
+        let r = self
+            .command(&Command::Ehlo(name.clone()), self.settings.greeting_timeout)
+            .await?;
         if r.is_positive() {
             self.caps = Capabilities::from_ehlo(&r);
             return Ok(());
         }
-        let r = self.command(&Command::Helo(name), self.settings.greeting_timeout).await?;
+        let r = self
+            .command(&Command::Helo(name), self.settings.greeting_timeout)
+            .await?;
         if !r.is_positive() {
             return Err(SessionError::Refused(self.relay.clone(), r));
         }
@@ -146,9 +152,14 @@ impl Client {
     }
 
     async fn starttls(&mut self, server_name: &str) -> Result<(), SessionError> {
-        let r = self.command(&Command::StartTls, self.settings.greeting_timeout).await?;
+        let r = self
+            .command(&Command::StartTls, self.settings.greeting_timeout)
+            .await?;
         if !r.is_positive() {
-            return Err(SessionError::Tls(self.relay.clone(), format!("STARTTLS refused: {r}")));
+            return Err(SessionError::Tls(
+                self.relay.clone(),
+                format!("STARTTLS refused: {r}"),
+            ));
         }
         let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
             .or_else(|_| rustls::pki_types::ServerName::try_from("localhost".to_owned()))
@@ -156,10 +167,13 @@ impl Client {
         let connector = tokio_rustls::TlsConnector::from(self.settings.tls_config.clone());
         // The plain stream is replaced by the TLS one; a placeholder fills the gap.
         let plain = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
-        let tls = tokio::time::timeout(self.settings.greeting_timeout, connector.connect(name, plain))
-            .await
-            .map_err(|_| SessionError::Timeout(self.relay.clone()))?
-            .map_err(|e| SessionError::Tls(self.relay.clone(), e.to_string()))?;
+        let tls = tokio::time::timeout(
+            self.settings.greeting_timeout,
+            connector.connect(name, plain),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout(self.relay.clone()))?
+        .map_err(|e| SessionError::Tls(self.relay.clone(), e.to_string()))?;
         self.io = Box::new(tls);
         self.parser = ReplyParser::new();
         self.tls = true;
@@ -225,7 +239,15 @@ impl Client {
         let fail_all = |reply: String| -> Vec<(u16, RcptOutcome)> {
             msg.recipients
                 .iter()
-                .map(|r| (r.index, RcptOutcome::Failed { relay: None, reply: reply.clone() }))
+                .map(|r| {
+                    (
+                        r.index,
+                        RcptOutcome::Failed {
+                            relay: None,
+                            reply: reply.clone(),
+                        },
+                    )
+                })
                 .collect()
         };
         if let Some(limit) = self.caps.size.filter(|&n| n > 0)
@@ -253,14 +275,21 @@ impl Client {
         } else {
             match Mailbox::parse(&msg.sender) {
                 Ok(m) => ReversePath::Mailbox(m),
-                Err(_) => return Ok(fail_all(format!("553 5.1.7 bad sender address {}", msg.sender))),
+                Err(_) => {
+                    return Ok(fail_all(format!(
+                        "553 5.1.7 bad sender address {}",
+                        msg.sender
+                    )));
+                }
             }
         };
         let dsn = self.caps.dsn;
         let params = MailParams {
             size: self.caps.size.map(|_| msg.size),
             body: match msg.body {
-                BodyType::EightBitMime if self.caps.eightbitmime => Some(smtp_proto::BodyType::EightBitMime),
+                BodyType::EightBitMime if self.caps.eightbitmime => {
+                    Some(smtp_proto::BodyType::EightBitMime)
+                }
                 BodyType::BinaryMime => Some(smtp_proto::BodyType::BinaryMime),
                 _ => None,
             },
@@ -320,9 +349,14 @@ impl Client {
                 batch.push_str(&Command::Data.to_line());
             }
             self.log("->", &batch, Some(&id));
-            self.write(batch.as_bytes(), self.settings.mail_timeout).await?;
+            self.write(batch.as_bytes(), self.settings.mail_timeout)
+                .await?;
             for i in 0..cmds.len() + usize::from(!chunking) {
-                let limit = if i == 0 { self.settings.mail_timeout } else { self.settings.rcpt_timeout };
+                let limit = if i == 0 {
+                    self.settings.mail_timeout
+                } else {
+                    self.settings.rcpt_timeout
+                };
                 replies.push(self.read_reply(limit).await?);
             }
         } else {
@@ -338,7 +372,15 @@ impl Client {
         let mail_reply = replies[0].clone();
         let mut results: Vec<(u16, RcptOutcome)> = bad_rcpts
             .iter()
-            .map(|&i| (i, RcptOutcome::Failed { relay: None, reply: "553 5.1.3 bad recipient address".into() }))
+            .map(|&i| {
+                (
+                    i,
+                    RcptOutcome::Failed {
+                        relay: None,
+                        reply: "553 5.1.3 bad recipient address".into(),
+                    },
+                )
+            })
             .collect();
         if !mail_reply.is_positive() {
             self.abort_data(replies.last()).await?;
@@ -361,7 +403,10 @@ impl Client {
         } else if accepted.is_empty() {
             None
         } else {
-            Some(self.command(&Command::Data, self.settings.data_timeout).await?)
+            Some(
+                self.command(&Command::Data, self.settings.data_timeout)
+                    .await?,
+            )
         };
         if accepted.is_empty() {
             if self.caps.pipelining {
@@ -382,9 +427,9 @@ impl Client {
         loop {
             // The spool reads from the page cache or one local file; a blocking read of one
             // 64 KiB chunk is shorter than a context switch to a blocking thread.
-            let n = content
-                .read(&mut chunk)
-                .map_err(|e| SessionError::Protocol(self.relay.clone(), format!("spool read: {e}")))?;
+            let n = content.read(&mut chunk).map_err(|e| {
+                SessionError::Protocol(self.relay.clone(), format!("spool read: {e}"))
+            })?;
             if n == 0 {
                 break;
             }
@@ -431,7 +476,8 @@ impl Client {
     /// an empty message (RFC 2920 §3.1), or the server would take our RSET as text.
     async fn abort_data(&mut self, data_reply: Option<&Reply>) -> Result<(), SessionError> {
         if self.caps.pipelining && data_reply.is_some_and(|r| r.code() == 354) {
-            self.write(b".\r\n", self.settings.data_block_timeout).await?;
+            self.write(b".\r\n", self.settings.data_block_timeout)
+                .await?;
             self.read_reply(self.settings.data_done_timeout).await?;
         }
         Ok(())
@@ -440,16 +486,27 @@ impl Client {
     fn outcome(&self, r: &Reply) -> RcptOutcome {
         let reply = r.to_string();
         if r.is_positive() {
-            RcptOutcome::Delivered { relay: self.relay.clone(), reply }
+            RcptOutcome::Delivered {
+                relay: self.relay.clone(),
+                reply,
+            }
         } else if r.is_transient() {
-            RcptOutcome::Deferred { relay: Some(self.relay.clone()), reply }
+            RcptOutcome::Deferred {
+                relay: Some(self.relay.clone()),
+                reply,
+            }
         } else {
-            RcptOutcome::Failed { relay: Some(self.relay.clone()), reply }
+            RcptOutcome::Failed {
+                relay: Some(self.relay.clone()),
+                reply,
+            }
         }
     }
 
     pub async fn rset(&mut self) -> Result<(), SessionError> {
-        let r = self.command(&Command::Rset, self.settings.mail_timeout).await?;
+        let r = self
+            .command(&Command::Rset, self.settings.mail_timeout)
+            .await?;
         if r.is_positive() {
             Ok(())
         } else {
@@ -460,10 +517,6 @@ impl Client {
     pub async fn quit(mut self) {
         let _ = self.command(&Command::Quit, Duration::from_secs(10)).await;
         let _ = self.io.shutdown().await;
-    }
-
-    pub fn is_tls(&self) -> bool {
-        self.tls
     }
 }
 

@@ -51,9 +51,18 @@ pub struct RcptResult {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptOutcome {
-    Delivered { relay: String, reply: String },
-    Deferred { relay: Option<String>, reply: String },
-    Failed { relay: Option<String>, reply: String },
+    Delivered {
+        relay: String,
+        reply: String,
+    },
+    Deferred {
+        relay: Option<String>,
+        reply: String,
+    },
+    Failed {
+        relay: Option<String>,
+        reply: String,
+    },
 }
 
 pub mod client;
@@ -108,9 +117,15 @@ impl Deliverer {
             match self.resolver.resolve(&attempt.domain_name).await {
                 Err(f) => {
                     let outcome = if f.permanent {
-                        RcptOutcome::Failed { relay: None, reply: f.to_string() }
+                        RcptOutcome::Failed {
+                            relay: None,
+                            reply: f.to_string(),
+                        }
                     } else {
-                        RcptOutcome::Deferred { relay: None, reply: f.to_string() }
+                        RcptOutcome::Deferred {
+                            relay: None,
+                            reply: f.to_string(),
+                        }
                     };
                     for m in &live {
                         results.extend(all(m, &outcome));
@@ -147,10 +162,22 @@ impl Deliverer {
                 .await?,
             ),
         };
-        Client::start(io, relay, dest.is_lmtp(), self.settings.clone(), dest.host()).await
+        Client::start(
+            io,
+            relay,
+            dest.is_lmtp(),
+            self.settings.clone(),
+            dest.host(),
+        )
+        .await
     }
 
-    async fn deliver(&self, dests: &[Destination], live: Vec<JobMessage>, results: &mut Vec<RcptResult>) {
+    async fn deliver(
+        &self,
+        dests: &[Destination],
+        live: Vec<JobMessage>,
+        results: &mut Vec<RcptResult>,
+    ) {
         let mut pending: VecDeque<JobMessage> = live.into();
         let mut last_error: Option<SessionError> = None;
         'dests: for dest in dests {
@@ -206,22 +233,25 @@ impl Deliverer {
             None if dests.is_empty() => "4.4.4 no destination to try".to_string(),
             None => "4.4.1 delivery not completed".to_string(),
         };
-        let outcome = RcptOutcome::Deferred {
-            relay: None,
-            reply,
-        };
+        let outcome = RcptOutcome::Deferred { relay: None, reply };
         for m in &pending {
             results.extend(all(m, &outcome));
         }
     }
 
-    async fn record(&self, results: &[RcptResult], tries: &std::collections::HashMap<(TxnId, u16), u32>) {
+    async fn record(
+        &self,
+        results: &[RcptResult],
+        tries: &std::collections::HashMap<(TxnId, u16), u32>,
+    ) {
         let updates: Vec<Update> = results
             .iter()
             .map(|r| {
                 let (state, last_error) = match &r.outcome {
                     RcptOutcome::Delivered { .. } => (RcptState::Delivered, None),
-                    RcptOutcome::Deferred { reply, .. } => (RcptState::Deferred, Some(reply.clone())),
+                    RcptOutcome::Deferred { reply, .. } => {
+                        (RcptState::Deferred, Some(reply.clone()))
+                    }
                     RcptOutcome::Failed { reply, .. } => (RcptState::Failed, Some(reply.clone())),
                 };
                 Update::Rcpt {

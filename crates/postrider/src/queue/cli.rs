@@ -31,7 +31,10 @@ pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
             Err(code) => return code,
         },
         Err(e) => {
-            eprintln!("postrider: control socket {}: {e}", cfg.control_socket().display());
+            eprintln!(
+                "postrider: control socket {}: {e}",
+                cfg.control_socket().display()
+            );
             return ExitCode::from(sysexits::UNAVAILABLE);
         }
     };
@@ -40,8 +43,14 @@ pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
 
 /// The daemon is down: answer read-only questions from the spool itself.
 fn offline(cfg: &Config, req: &Request) -> Result<Response, ExitCode> {
-    if !matches!(req, Request::List | Request::Show { .. } | Request::Shape { .. }) {
-        eprintln!("postrider: the daemon is not running (no control socket at {}); only list, show and shape work without it", cfg.control_socket().display());
+    if !matches!(
+        req,
+        Request::List | Request::Show { .. } | Request::Shape { .. }
+    ) {
+        eprintln!(
+            "postrider: the daemon is not running (no control socket at {}); only list, show and shape work without it",
+            cfg.control_socket().display()
+        );
         return Err(ExitCode::from(sysexits::UNAVAILABLE));
     }
     if !cfg.spool.exists() {
@@ -96,7 +105,10 @@ fn shape_of(list: &[MessageInfo], top: usize) -> Vec<ShapeRow> {
     let mut rows: std::collections::BTreeMap<String, ShapeRow> = Default::default();
     for m in list {
         let age = now.saturating_sub(m.arrival) / 60;
-        let b = BUCKETS.iter().position(|&x| age < x).unwrap_or(BUCKETS.len());
+        let b = BUCKETS
+            .iter()
+            .position(|&x| age < x)
+            .unwrap_or(BUCKETS.len());
         for r in &m.recipients {
             if r.state == format!("{:?}", RcptState::Delivered).to_lowercase()
                 || r.state == format!("{:?}", RcptState::Failed).to_lowercase()
@@ -121,7 +133,15 @@ fn shape_of(list: &[MessageInfo], top: usize) -> Vec<ShapeRow> {
 
 fn print(resp: Response, json: bool) -> ExitCode {
     if json {
-        match serde_json::to_string_pretty(&resp) {
+        // The payload alone, so `jq '.[].id'` works on `queue --json list`.
+        let value = match &resp {
+            Response::List(l) => serde_json::to_value(l),
+            Response::Message(m) => serde_json::to_value(m),
+            Response::Shape(s) => serde_json::to_value(s),
+            Response::Done(d) => Ok(serde_json::json!({ "ok": d })),
+            Response::Error { message } => Ok(serde_json::json!({ "error": message })),
+        };
+        match value.and_then(|v| serde_json::to_string_pretty(&v)) {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("postrider: {e}");
@@ -141,10 +161,19 @@ fn print(resp: Response, json: bool) -> ExitCode {
             for m in &list {
                 let held = if m.held { " (held)" } else { "" };
                 let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
-                println!("{}{held} {:>8} {} {sender}", m.id, m.size, crate::server::headers::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.arrival)));
+                println!(
+                    "{}{held} {:>8} {} {sender}",
+                    m.id,
+                    m.size,
+                    crate::server::headers::rfc5322_date(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.arrival)
+                    )
+                );
                 for r in &m.recipients {
                     match &r.last_error {
-                        Some(e) => println!("    {} [{}, {} tries] {e}", r.address, r.state, r.tries),
+                        Some(e) => {
+                            println!("    {} [{}, {} tries] {e}", r.address, r.state, r.tries)
+                        }
                         None => println!("    {} [{}]", r.address, r.state),
                     }
                 }
@@ -156,14 +185,37 @@ fn print(resp: Response, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Response::Message(m) => {
-            println!("id: {}\nsize: {}\narrival: {}\nsender: <{}>\nheld: {}", m.id, m.size, m.arrival, m.sender, m.held);
+            println!(
+                "id: {}\nsize: {}\narrival: {}\nsender: <{}>\nheld: {}",
+                m.id, m.size, m.arrival, m.sender, m.held
+            );
             for r in &m.recipients {
-                println!("recipient: <{}> state={} tries={} last_error={}", r.address, r.state, r.tries, r.last_error.as_deref().unwrap_or("-"));
+                println!(
+                    "recipient: <{}> state={} tries={} last_error={}",
+                    r.address,
+                    r.state,
+                    r.tries,
+                    r.last_error.as_deref().unwrap_or("-")
+                );
             }
             ExitCode::SUCCESS
         }
         Response::Shape(rows) => {
-            println!("{:<30} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5}", "domain", "total", "5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+");
+            println!(
+                "{:<30} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5}",
+                "domain",
+                "total",
+                "5",
+                "10",
+                "20",
+                "40",
+                "80",
+                "160",
+                "320",
+                "640",
+                "1280",
+                "1280+"
+            );
             for r in rows {
                 print!("{:<30} {:>6}", r.domain, r.total);
                 for b in r.buckets {

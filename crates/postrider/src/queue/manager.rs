@@ -28,6 +28,8 @@ struct Msg {
     size: u64,
     /// Recipients not yet final (delivered or failed).
     open: usize,
+    /// A DSN for some recipients is being written; the message stays until it is durable.
+    dsn_in_flight: bool,
 }
 
 pub enum QueueMsg {
@@ -39,6 +41,14 @@ pub enum QueueMsg {
     },
     /// A delivery attempt ended; its recipient updates are already durable.
     AttemptDone(AttemptReport),
+    /// A DSN task ended: the new message, or why it could not be made.
+    DsnDone {
+        id: TxnId,
+        rcpts: Vec<u16>,
+        result: Result<(Envelope, MessageRef), String>,
+    },
+    /// Look at a message again (a failed DSN retried later).
+    Settle(TxnId),
     Control(Request, oneshot::Sender<Response>),
 }
 
@@ -71,6 +81,8 @@ pub struct Settings {
     pub messages_per_connection: usize,
     pub max_queue_time: Duration,
     pub delivery_enabled: bool,
+    /// Our name, for DSNs.
+    pub hostname: String,
 }
 
 pub struct Manager {
@@ -123,15 +135,20 @@ impl Manager {
         let now = Instant::now();
         let unow = unix_now();
         for s in schedules {
-            let next = (s.next_attempt > unow)
-                .then(|| now + Duration::from_secs(s.next_attempt - unow));
+            let next =
+                (s.next_attempt > unow).then(|| now + Duration::from_secs(s.next_attempt - unow));
             self.sched.restore(&s.domain, s.level, next);
         }
-        messages.sort_by(|a, b| b.0.id.cmp(&a.0.id));
+        messages.sort_by_key(|m| std::cmp::Reverse(m.0.id));
+        let ids: Vec<TxnId> = messages.iter().map(|(e, _)| e.id).collect();
         for (env, mref) in messages {
             let size = mref.len();
             self.insert(env, mref, size, false, now);
         }
+        // Messages whose recipients are all final but whose DSN or removal was cut short by
+        // the last stop finish now.
+        let done: Vec<Update> = ids.into_iter().filter_map(|id| self.settle(id)).collect();
+        self.record_in_background(done);
     }
 
     fn insert(&mut self, env: Envelope, mref: MessageRef, size: u64, new: bool, now: Instant) {
@@ -153,16 +170,93 @@ impl Manager {
                 self.sched.add_recovered(&domain, pair, now);
             }
         }
-        if open > 0 {
-            self.messages.insert(
-                id,
-                Msg {
-                    env,
-                    mref,
-                    size,
-                    open,
-                },
-            );
+        self.messages.insert(
+            id,
+            Msg {
+                env,
+                mref,
+                size,
+                open,
+                dsn_in_flight: false,
+            },
+        );
+    }
+
+    /// What a message whose recipients changed needs next: a DSN (made durable before the
+    /// message may go), or, once every recipient is final and reported, removal. Returns
+    /// the removal to record.
+    fn settle(&mut self, id: TxnId) -> Option<Update> {
+        let m = self.messages.get_mut(&id)?;
+        if m.dsn_in_flight {
+            return None;
+        }
+        let rcpts = super::bounce::pending(&m.env);
+        if !rcpts.is_empty() {
+            m.dsn_in_flight = true;
+            let (spool, tx) = (self.spool.clone(), self.tx.clone());
+            let (env, mref) = (m.env.clone(), m.mref.clone());
+            let host = self.settings.hostname.clone();
+            tokio::spawn(async move {
+                let result = super::bounce::send(&spool, &host, &env, &mref, &rcpts)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(QueueMsg::DsnDone { id, rcpts, result }).await;
+            });
+            return None;
+        }
+        if m.open == 0 {
+            self.messages.remove(&id);
+            return Some(Update::Done { id });
+        }
+        None
+    }
+
+    fn record_in_background(&self, updates: Vec<Update>) {
+        if updates.is_empty() {
+            return;
+        }
+        // Losing these in a crash only repeats work (a removal, a schedule position);
+        // recipient results and DSNs are durable before they get here.
+        let spool = self.spool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = spool.update(updates).await {
+                tracing::warn!("could not record queue state: {e}");
+            }
+        });
+    }
+
+    fn dsn_done(
+        &mut self,
+        id: TxnId,
+        rcpts: Vec<u16>,
+        result: Result<(Envelope, MessageRef), String>,
+    ) {
+        let Some(m) = self.messages.get_mut(&id) else {
+            return;
+        };
+        m.dsn_in_flight = false;
+        match result {
+            Ok((benv, bref)) => {
+                for &i in &rcpts {
+                    if let Some(r) = m.env.recipients.get_mut(usize::from(i)) {
+                        r.dsn_sent = true;
+                    }
+                }
+                tracing::info!(queue_id = %id, dsn = %benv.id, to = %benv.recipients[0].address, "sender notified");
+                let size = bref.len();
+                self.insert(benv, bref, size, true, Instant::now());
+                if let Some(u) = self.settle(id) {
+                    self.record_in_background(vec![u]);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue_id = %id, "could not queue a DSN: {e}; retrying in a minute");
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    let _ = tx.send(QueueMsg::Settle(id)).await;
+                });
+            }
         }
     }
 
@@ -193,8 +287,9 @@ impl Manager {
         }
         let now = Instant::now();
         let unow = unix_now();
-        while let Some((domain, batch)) =
-            self.sched.start_next(now, self.settings.messages_per_connection)
+        while let Some((domain, batch)) = self
+            .sched
+            .start_next(now, self.settings.messages_per_connection)
         {
             let attempt = self.build_attempt(domain, batch, unow);
             let deliverer = self.deliverer.clone();
@@ -264,6 +359,12 @@ impl Manager {
                 self.insert(env, mref, size, true, Instant::now());
             }
             QueueMsg::AttemptDone(report) => self.attempt_done(report).await,
+            QueueMsg::DsnDone { id, rcpts, result } => self.dsn_done(id, rcpts, result),
+            QueueMsg::Settle(id) => {
+                if let Some(u) = self.settle(id) {
+                    self.record_in_background(vec![u]);
+                }
+            }
             QueueMsg::Control(req, reply) => {
                 let resp = self.control(req).await;
                 let _ = reply.send(resp);
@@ -274,7 +375,7 @@ impl Manager {
     async fn attempt_done(&mut self, report: AttemptReport) {
         let now = Instant::now();
         let mut retry = Vec::new();
-        let mut done = Vec::new();
+        let mut touched = Vec::new();
         for r in &report.results {
             let Some(m) = self.messages.get_mut(&r.id) else {
                 continue;
@@ -298,10 +399,10 @@ impl Manager {
                     });
                 }
             }
-            if matches!(rc.state, RcptState::Delivered | RcptState::Failed) {
-                m.open -= 1;
-                if m.open == 0 {
-                    done.push(r.id);
+            if rc.state.is_final() {
+                m.open = m.open.saturating_sub(1);
+                if !touched.contains(&r.id) {
+                    touched.push(r.id);
                 }
             }
         }
@@ -311,7 +412,10 @@ impl Manager {
             AttemptOutcome::Incomplete
         };
         self.sched.finish(report.domain, retry, outcome, now);
-        let mut updates: Vec<Update> = done.iter().map(|&id| Update::Done { id }).collect();
+        let mut updates: Vec<Update> = touched
+            .into_iter()
+            .filter_map(|id| self.settle(id))
+            .collect();
         if let Some(id) = self.sched.id(&report.domain_name) {
             let st = self.sched.state(id);
             let next = st
@@ -324,19 +428,7 @@ impl Manager {
                 next_attempt: next,
             }));
         }
-        for id in &done {
-            self.messages.remove(id);
-        }
-        if !updates.is_empty() {
-            // The recipient records are already durable: losing these only costs reclaim
-            // work or a schedule position after a crash, never mail.
-            let spool = self.spool.clone();
-            tokio::spawn(async move {
-                if let Err(e) = spool.update(updates).await {
-                    tracing::warn!("could not record queue state: {e}");
-                }
-            });
-        }
+        self.record_in_background(updates);
     }
 
     fn info(&self, m: &Msg) -> MessageInfo {

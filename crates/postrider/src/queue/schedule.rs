@@ -88,15 +88,7 @@ impl<T> Scheduler<T> {
         }
     }
 
-    pub fn set_concurrency(&mut self, n: usize) {
-        self.concurrency = n.max(1);
-    }
-
-    /// Pairs waiting in all domains (not counting those out on an attempt).
-    pub fn pending_pairs(&self) -> usize {
-        self.pairs
-    }
-
+    #[cfg(test)]
     pub fn domain_count(&self) -> usize {
         self.by_name.len()
     }
@@ -121,6 +113,7 @@ impl<T> Scheduler<T> {
         }
     }
 
+    #[cfg(test)]
     pub fn pending(&self, id: DomainId) -> impl Iterator<Item = &T> {
         self.dom(id).pending.iter()
     }

@@ -118,6 +118,7 @@ impl HeaderScan {
     }
 
     /// True once the blank line ending the header section has been seen.
+    #[cfg(test)]
     pub fn finished(&self) -> bool {
         self.done
     }

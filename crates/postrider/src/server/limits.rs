@@ -45,6 +45,7 @@ impl ConnLimits {
         }
     }
 
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).total
     }

@@ -39,10 +39,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Does this local part exist in a local domain? `Err` is the reply to send.
-    pub async fn check_local(&self, local_part: &str) -> Result<(), Reply> {
+    /// Does this local part exist in a local domain? `Ok`: where its mail goes (aliases
+    /// expanded); `Err` is the reply to send.
+    pub async fn check_local(&self, local_part: &str) -> Result<Vec<String>, Reply> {
         match self.local.check(local_part) {
-            RcptCheck::Local { .. } => Ok(()),
+            RcptCheck::Local { targets } => Ok(targets),
             RcptCheck::UnknownUser => Err(Reply::new(
                 550,
                 "5.1.1".parse().ok(),
@@ -134,19 +135,17 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
                 return;
             };
             let _ = conn.flush().await;
-            let tls = match tokio::time::timeout(
-                ctx.cfg.smtp.command_timeout,
-                acceptor.accept(conn.io),
-            )
-            .await
-            {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    info!(session = %s.id(), client = %peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(ctx.cfg.smtp.command_timeout, acceptor.accept(conn.io))
+                    .await
+                {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        info!(session = %s.id(), client = %peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let (_, state) = tls.get_ref();
             let version = state
                 .protocol_version()

@@ -97,10 +97,10 @@ mod tests {
             ("victim.test!user", Name("example.org"), Denied),
             ("user@victim.test", Name("example.org"), Denied), // quoted "@" in the local part
             ("user%victim.test", Name("partner.test"), Denied),
-            ("user", Literal, Denied),                          // [127.0.0.1], ours or not
+            ("user", Literal, Denied), // [127.0.0.1], ours or not
             ("user", Name("example.org.victim.test"), Denied),
             ("user", Name("xample.org"), Denied),
-            ("user", Name("exämple.org"), Denied),              // IDN lookalike
+            ("user", Name("exämple.org"), Denied), // IDN lookalike
             ("user", Name("sub.example.org"), Denied),
         ];
         for (lp, d, want) in cases {
@@ -115,8 +115,14 @@ mod tests {
             local_domains: &local,
             relay_domains: &relay,
         };
-        assert_eq!(p.decide("u", RcptDomain::Name("victim.test"), true), Decision::Relay);
+        assert_eq!(
+            p.decide("u", RcptDomain::Name("victim.test"), true),
+            Decision::Relay
+        );
         assert_eq!(p.decide("u", RcptDomain::Literal, true), Decision::Relay);
-        assert_eq!(p.decide("u", RcptDomain::Name("example.org"), true), Decision::Local);
+        assert_eq!(
+            p.decide("u", RcptDomain::Name("example.org"), true),
+            Decision::Local
+        );
     }
 }

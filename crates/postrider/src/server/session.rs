@@ -10,7 +10,7 @@ use smtp_proto::{
     BodyType as WireBody, Command, CommandFramer, DataDecoder, Domain, ForwardPath, Frame,
     MailParams, RcptParams, Reply, ReversePath, Violation,
 };
-use spool::{BodyType, ContentWriter, DsnRet, Envelope, Notify, RcptState, Recipient, TxnId};
+use spool::{BodyType, ContentWriter, DsnRet, Envelope, Notify, Recipient, TxnId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
@@ -127,13 +127,21 @@ impl Session {
                     match r {
                         Ok(_) => {}
                         Err(ReadError::Timeout) => {
-                            let r = reply(421, "4.4.2", &format!("{} Error: timeout exceeded", self.ctx.cfg.hostname));
+                            let r = reply(
+                                421,
+                                "4.4.2",
+                                &format!("{} Error: timeout exceeded", self.ctx.cfg.hostname),
+                            );
                             self.push(conn, &r);
                             let _ = conn.flush().await;
                             debug!(session = %self.id, "command timeout");
                             return Next::Close;
                         }
-                        Err(_) => return Next::Close,
+                        Err(ReadError::Io(e)) => {
+                            debug!(session = %self.id, "connection error: {e}");
+                            return Next::Close;
+                        }
+                        Err(ReadError::Closed) => return Next::Close,
                     }
                 }
             }
@@ -141,14 +149,25 @@ impl Session {
     }
 
     fn shutting_down(&self) -> Reply {
-        reply(421, "4.3.2", &format!("{} Service shutting down", self.ctx.cfg.hostname))
+        reply(
+            421,
+            "4.3.2",
+            &format!("{} Service shutting down", self.ctx.cfg.hostname),
+        )
     }
 
     /// Counts a protocol error; true when the session has had too many and must end.
     fn error<S>(&mut self, conn: &mut Conn<S>) -> bool {
         self.errors += 1;
         if self.errors >= self.ctx.cfg.smtp.max_errors {
-            self.push(conn, &reply(421, "4.7.0", &format!("{} Error: too many errors", self.ctx.cfg.hostname)));
+            self.push(
+                conn,
+                &reply(
+                    421,
+                    "4.7.0",
+                    &format!("{} Error: too many errors", self.ctx.cfg.hostname),
+                ),
+            );
             return true;
         }
         false
@@ -184,10 +203,21 @@ impl Session {
             }
             Command::Noop(_) => Ok(reply(250, "2.0.0", "Ok")),
             Command::Quit => {
-                self.push(conn, &reply(221, "2.0.0", &format!("{} closing connection", self.ctx.cfg.hostname)));
+                self.push(
+                    conn,
+                    &reply(
+                        221,
+                        "2.0.0",
+                        &format!("{} closing connection", self.ctx.cfg.hostname),
+                    ),
+                );
                 return Some(Next::Close);
             }
-            Command::Vrfy(_) => Ok(reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")),
+            Command::Vrfy(_) => Ok(reply(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
             Command::Expn(_) => Err(reply(502, "5.5.1", "EXPN is not available")),
             Command::Help(_) => Ok(reply(214, "2.0.0", "See RFC 5321")),
             Command::StartTls => return self.starttls(conn),
@@ -279,6 +309,7 @@ impl Session {
         if txn.rcpts.len() >= max_rcpts {
             return Err(reply(452, "4.5.3", "Error: too many recipients"));
         }
+        let mut expanded: Vec<String> = Vec::new();
         let address = match &to {
             ForwardPath::Postmaster => "postmaster".to_string(),
             ForwardPath::Mailbox(m) => {
@@ -299,8 +330,21 @@ impl Session {
                         return Err(reply(554, "5.7.1", &format!("<{m}>: Relay access denied")));
                     }
                     Decision::Local => {
-                        if let Err(r) = self.ctx.check_local(m.local_part()).await {
-                            return Err(r);
+                        let targets = self.ctx.check_local(m.local_part()).await?;
+                        // aliases(5): the alias is replaced by what it expands to; the
+                        // address the client gave is kept as ORCPT for DSNs.
+                        if targets.len() != 1 || targets[0] != m.local_part() {
+                            let domain = m.domain().to_string();
+                            expanded = targets
+                                .into_iter()
+                                .map(|t| {
+                                    if t.contains('@') {
+                                        t
+                                    } else {
+                                        format!("{t}@{domain}")
+                                    }
+                                })
+                                .collect();
                         }
                     }
                     Decision::Relay => {}
@@ -315,16 +359,30 @@ impl Session {
             },
             _ => address,
         };
+        let orcpt = params.orcpt.map(|(kind, addr)| format!("{kind};{addr}"));
+        let notify = params.notify.map(to_spool_notify).unwrap_or_default();
         let txn = self.txn.as_mut().expect("checked above");
-        txn.rcpts.push(Recipient {
-            address,
-            orcpt: params.orcpt.map(|(kind, addr)| format!("{kind};{addr}")),
-            notify: params.notify.map(to_spool_notify).unwrap_or_default(),
-            state: RcptState::Pending,
-            tries: 0,
-            last_error: None,
-            next_attempt: 0,
-        });
+        let addresses = if expanded.is_empty() {
+            vec![(address, orcpt)]
+        } else {
+            let orcpt = orcpt.or_else(|| Some(format!("rfc822;{address}")));
+            expanded.into_iter().map(|a| (a, orcpt.clone())).collect()
+        };
+        for (address, orcpt) in addresses {
+            if txn
+                .rcpts
+                .iter()
+                .any(|r| r.address.eq_ignore_ascii_case(&address))
+            {
+                continue;
+            }
+            txn.rcpts.push(Recipient {
+                address,
+                orcpt,
+                notify,
+                ..Default::default()
+            });
+        }
         Ok(reply(250, "2.1.5", "Ok"))
     }
 
@@ -334,7 +392,10 @@ impl Session {
             return None;
         }
         if self.ctx.tls.is_none() {
-            self.push(conn, &reply(502, "5.5.1", "Error: STARTTLS is not available"));
+            self.push(
+                conn,
+                &reply(502, "5.5.1", "Error: STARTTLS is not available"),
+            );
             return None;
         }
         // Anything pipelined after STARTTLS was sent in the clear and must not be executed
@@ -375,7 +436,10 @@ impl Session {
         })
     }
 
-    async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Option<Next> {
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Option<Next> {
         if let Err(r) = self.check_data_allowed() {
             self.push(conn, &r);
             return self.error(conn).then_some(Next::Close);
@@ -386,7 +450,10 @@ impl Session {
             return None;
         }
         if txn.params.body == Some(WireBody::BinaryMime) {
-            self.push(conn, &reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT"));
+            self.push(
+                conn,
+                &reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT"),
+            );
             return None;
         }
         let mut content = self.ctx.spool.content_writer(txn.id);
@@ -430,8 +497,14 @@ impl Session {
             };
             warn!(session = %self.id, client = %self.peer, "message refused: {what}");
             match v {
-                Violation::LineTooLong => reply(552, "5.6.0", "Message has a line longer than 1000 octets"),
-                _ => reply(550, "5.6.11", &format!("Message contains {what} (SMTP smuggling protection)")),
+                Violation::LineTooLong => {
+                    reply(552, "5.6.0", "Message has a line longer than 1000 octets")
+                }
+                _ => reply(
+                    550,
+                    "5.6.11",
+                    &format!("Message contains {what} (SMTP smuggling protection)"),
+                ),
             }
         } else if let Some(e) = failed {
             spool_error_reply(&e)
@@ -508,11 +581,17 @@ impl Session {
             .is_some_and(|c| c.too_big);
         if too_big {
             self.txn = None;
-            self.push(conn, &reply(552, "5.3.4", "Message size exceeds fixed limit"));
+            self.push(
+                conn,
+                &reply(552, "5.3.4", "Message size exceeds fixed limit"),
+            );
             return None;
         }
         if !last {
-            self.push(conn, &reply(250, "2.0.0", &format!("{size} octets received")));
+            self.push(
+                conn,
+                &reply(250, "2.0.0", &format!("{size} octets received")),
+            );
             return None;
         }
         let ch = self
@@ -608,4 +687,3 @@ pub fn refusal(text: &str) -> Vec<u8> {
     reply(421, "4.7.0", text).write_to(&mut out);
     out
 }
-

@@ -28,7 +28,10 @@ pub fn free_port() -> u16 {
 pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -64,7 +67,11 @@ impl Daemon {
         };
         let text = format!("hostname = \"mx.postrider.test\"\n{spool}{extra}\n");
         let text = if text.contains("[smtp]") {
-            text.replacen("[smtp]", &format!("[smtp]\nlisten = [\"127.0.0.1:{port}\"]"), 1)
+            text.replacen(
+                "[smtp]",
+                &format!("[smtp]\nlisten = [\"127.0.0.1:{port}\"]"),
+                1,
+            )
         } else {
             format!("{text}\n[smtp]\nlisten = [\"127.0.0.1:{port}\"]\n")
         };
@@ -271,5 +278,15 @@ impl Raw {
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes());
         self.replies(1)
+    }
+}
+
+/// A peer process that is killed and reaped when the test ends, even by a panic.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
