@@ -268,20 +268,16 @@ fn limits_and_hostile_clients() {
         "session recovers after a long line"
     );
     drop(c);
-    // Per-client connection limit.
+    // Per-client connection limit. Earlier sessions end when the server reads their close,
+    // so each slot is claimed with a wait for its 220.
     let held: Vec<Raw> = (0..4)
-        .map(|_| {
-            let mut r = Raw::connect(d.port);
-            r.replies(1);
-            r
-        })
+        .map(|_| Raw::greeted_within(d.port, Duration::from_secs(10)))
         .collect();
     let mut extra = Raw::connect(d.port);
     assert!(extra.replies(1).starts_with("421 4.7.0"));
     drop(held);
     // Idle clients are dropped after the command timeout.
-    let mut idle = Raw::connect(d.port);
-    idle.replies(1);
+    let mut idle = Raw::greeted_within(d.port, Duration::from_secs(10));
     let r = idle.replies(1);
     assert!(
         r.contains("421 4.4.2"),

@@ -1,6 +1,8 @@
-//! Queue ids: microseconds since the epoch, strictly increasing within a process and, because
-//! the generator starts past the newest id recovery saw, across restarts too. Sorting ids
-//! sorts by arrival, which the LIFO scheduler and `queue list` both rely on.
+//! Queue ids in the sendmail X format `S%016X%02X`: a 64-bit counter and an 8-bit process
+//! index. The counter is microseconds since the epoch, strictly increasing within a process
+//! and, because the generator starts past the newest id recovery saw, across restarts too.
+//! Sorting ids sorts by arrival, which the LIFO scheduler and `queue list` rely on. A
+//! recipient is named `ID-%04X` after its index in the envelope.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,14 +12,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TxnId(pub u64);
 
+/// postrider runs one SMTP server process per spool, so its index is always 0; the field is
+/// kept so ids stay in the seed's format and a multi-process server could use it.
+pub const PROCESS_INDEX: u8 = 0;
+
 impl fmt::Display for TxnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "S{:016X}", self.0)
+        write!(f, "S{:016X}{PROCESS_INDEX:02X}", self.0)
+    }
+}
+
+impl TxnId {
+    /// The id of recipient `index` of this transaction: `ID-%04X`.
+    pub fn rcpt_id(self, index: u16) -> String {
+        format!("{self}-{index:04X}")
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a queue id (expected S followed by 16 hex digits)")]
+#[error("'{0}' is not a queue id (expected S followed by 18 hex digits)")]
 pub struct BadId(String);
 
 impl FromStr for TxnId {
@@ -26,9 +39,9 @@ impl FromStr for TxnId {
     fn from_str(s: &str) -> Result<Self, BadId> {
         let hex = s
             .strip_prefix('S')
-            .filter(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .filter(|h| h.len() == 18 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .ok_or_else(|| BadId(s.to_string()))?;
-        u64::from_str_radix(hex, 16)
+        u64::from_str_radix(&hex[..16], 16)
             .map(TxnId)
             .map_err(|_| BadId(s.to_string()))
     }
@@ -87,7 +100,9 @@ mod tests {
         assert!(b > a);
         assert_eq!(a.to_string().parse::<TxnId>(), Ok(a));
         assert!("S12".parse::<TxnId>().is_err());
-        assert!("X0000000000000001".parse::<TxnId>().is_err());
+        assert!("X000000000000000100".parse::<TxnId>().is_err());
+        assert_eq!(TxnId(0x1A).to_string(), "S000000000000001A00");
+        assert_eq!(TxnId(0x1A).rcpt_id(3), "S000000000000001A00-0003");
         let g = IdGenerator::starting_after(u64::MAX / 2);
         assert!(g.next().0 > u64::MAX / 2);
     }

@@ -278,14 +278,14 @@ impl Deliverer {
 fn log_result(domain: &str, r: &RcptResult) {
     match &r.outcome {
         RcptOutcome::Delivered { relay, reply } => {
-            info!(queue_id = %r.id, rcpt = r.index, domain, relay, status = "sent", reply, "delivered")
+            info!(queue_id = %r.id, rcpt_id = %r.id.rcpt_id(r.index), domain, relay, status = "sent", reply, "delivered")
         }
         RcptOutcome::Deferred { relay, reply } => info!(
-            queue_id = %r.id, rcpt = r.index, domain, relay = relay.as_deref().unwrap_or("none"),
+            queue_id = %r.id, rcpt_id = %r.id.rcpt_id(r.index), domain, relay = relay.as_deref().unwrap_or("none"),
             status = "deferred", reply, "deferred"
         ),
         RcptOutcome::Failed { relay, reply } => info!(
-            queue_id = %r.id, rcpt = r.index, domain, relay = relay.as_deref().unwrap_or("none"),
+            queue_id = %r.id, rcpt_id = %r.id.rcpt_id(r.index), domain, relay = relay.as_deref().unwrap_or("none"),
             status = "bounced", reply, "failed"
         ),
     }

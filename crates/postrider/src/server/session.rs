@@ -227,7 +227,8 @@ impl Session {
             Ok(r) => self.push(conn, &r),
             Err(r) => {
                 self.push(conn, &r);
-                if r.code() >= 500 && self.error(conn) {
+                // A size refusal is a policy mismatch, not a misbehaving client.
+                if r.code() >= 500 && r.code() != 552 && self.error(conn) {
                     return Some(Next::Close);
                 }
             }

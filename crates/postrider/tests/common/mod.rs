@@ -249,6 +249,30 @@ impl Raw {
         Raw { stream }
     }
 
+    /// Connects and reads the greeting; `None` unless it is a 220.
+    pub fn greeted(port: u16) -> Option<Raw> {
+        let mut r = Raw::connect(port);
+        let mut buf = [0u8; 512];
+        let n = r.stream.read(&mut buf).ok()?;
+        buf[..n].starts_with(b"220").then_some(r)
+    }
+
+    /// `greeted`, retried until the server has let go of earlier sessions (it notices a
+    /// client's close asynchronously) or `limit` passes.
+    pub fn greeted_within(port: u16, limit: Duration) -> Raw {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(r) = Raw::greeted(port) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no 220 greeting within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }
