@@ -539,10 +539,18 @@ impl Walker<'_> {
 
     /// Sizes may be written as a string with a unit or as a bare integer of bytes.
     fn size(&mut self, v: &V<'_>, key: &str) -> Option<u64> {
-        if let DeValue::Integer(_) = v.get_ref() {
-            return self.integer(v, key, 0, u64::MAX);
+        match v.get_ref() {
+            DeValue::Integer(_) => self.integer(v, key, 0, u64::MAX),
+            DeValue::String(_) => self.parsed(v, key, parse_size),
+            other => {
+                let msg = format!(
+                    "expected a size such as \"50MB\" or a number of bytes, found {}",
+                    other.type_str()
+                );
+                self.error(v, key, &msg);
+                None
+            }
         }
-        self.parsed(v, key, parse_size)
     }
 
     fn list<T>(
