@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     let body = &data[2..];
     let a = usize::from(data[0]) % (body.len() + 1);
     let b = (a + usize::from(data[1])).min(body.len());
-    assert_eq!(decode(&[body]), decode(&[&body[..a], &body[a..b], &body[b..]]));
+    assert_eq!(
+        decode(&[body]),
+        decode(&[&body[..a], &body[a..b], &body[b..]])
+    );
 
     // Clean content: the input's lines, without CR or NUL, each ended by CRLF.
     let mut content = Vec::new();

@@ -49,7 +49,13 @@ fuzz_target!(|data: &[u8]| {
     encode_message(&env, Some(rest), 0, &mut buf);
     encode_updates(&[Update::Done { id: env.id }], &mut buf);
     match decode(&buf) {
-        Ok(Some((Record::Message { env: e, content: Content::Inline { bytes, .. } }, _))) => {
+        Ok(Some((
+            Record::Message {
+                env: e,
+                content: Content::Inline { bytes, .. },
+            },
+            _,
+        ))) => {
             assert_eq!(*e, env);
             assert_eq!(bytes, rest);
         }

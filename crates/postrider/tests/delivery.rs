@@ -16,16 +16,6 @@ fn route_to(port: u16, extra: &str) -> String {
     )
 }
 
-fn queue_json(d: &Daemon) -> serde_json::Value {
-    let out = d.cli(&["queue", "--json", "list"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn send(d: &Daemon, to: &str) {
     let out = swaks(
         d.port,
@@ -58,7 +48,7 @@ fn delivers_to_a_sink_with_received_header() {
     assert!(text.contains("by mx.postrider.test (postrider)"));
     assert!(text.contains("Subject: delivery test"));
     wait_for("queue empty", Duration::from_secs(10), || {
-        queue_json(&d).as_array().is_some_and(|l| l.is_empty())
+        d.queue_json().as_array().is_some_and(|l| l.is_empty())
     });
 }
 
@@ -83,7 +73,7 @@ fn per_recipient_results() {
         "deferred recipient recorded",
         Duration::from_secs(10),
         || {
-            let q = queue_json(&d);
+            let q = d.queue_json();
             let Some(m) = q.as_array().and_then(|l| l.first()).cloned() else {
                 return false;
             };
@@ -139,7 +129,7 @@ fn one_pipelined_connection_carries_a_batch_of_100() {
         assert!(out.status.success());
     }
     wait_for("100 deferred", Duration::from_secs(30), || {
-        queue_json(&d).as_array().is_some_and(|l| {
+        d.queue_json().as_array().is_some_and(|l| {
             l.len() == 100 && l.iter().all(|m| m["recipients"][0]["state"] == "deferred")
         })
     });

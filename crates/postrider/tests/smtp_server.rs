@@ -11,18 +11,8 @@ use common::*;
 /// Queue only: these tests look at what was accepted, not at delivery.
 const NO_DELIVERY: &str = "[delivery]\nenabled = false\n";
 
-fn queue_json(d: &Daemon) -> serde_json::Value {
-    let out = d.cli(&["queue", "--json", "list"]);
-    assert!(
-        out.status.success(),
-        "queue list failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("queue list --json is JSON")
-}
-
 fn queued(d: &Daemon) -> usize {
-    queue_json(d).as_array().map(Vec::len).unwrap_or(0)
+    d.queue_json().as_array().map(Vec::len).unwrap_or(0)
 }
 
 fn swaks_ok(out: &std::process::Output) -> String {
@@ -55,7 +45,7 @@ fn swaks_plain_and_pipelined() {
     wait_for("two messages queued", Duration::from_secs(10), || {
         queued(&d) == 2
     });
-    let q = queue_json(&d);
+    let q = d.queue_json();
     let rcpts: Vec<String> = q
         .as_array()
         .unwrap()

@@ -121,6 +121,22 @@ impl Daemon {
         });
     }
 
+    /// `postrider queue --json list`, parsed: an array of messages.
+    pub fn queue_json(&self) -> serde_json::Value {
+        let out = self.cli(&["queue", "--json", "list"]);
+        assert!(
+            out.status.success(),
+            "queue list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("queue list --json is JSON")
+    }
+
+    /// Messages in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue_json().as_array().map_or(0, Vec::len)
+    }
+
     /// `postrider ARGS -c CONFIG`, returning its output.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_postrider"))
@@ -313,4 +329,61 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A private Postfix instance on a loopback port (bench/postfix-instance.sh), relaying
+/// everything to `relayhost`; stopped when dropped.
+pub struct Postfix {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Postfix {
+    pub fn start(relayhost: &str) -> Postfix {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let out = Command::new(repo_root().join("bench/postfix-instance.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .arg(port.to_string())
+            .arg(relayhost)
+            .output()
+            .expect("run bench/postfix-instance.sh (needs postfix)");
+        assert!(
+            out.status.success(),
+            "postfix did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Postfix { port, dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("bench/postfix-instance.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// smtp-source: `n` messages of `size` bytes at concurrency `conc` from `from` to `to`.
+pub fn smtp_source(port: u16, n: usize, conc: usize, size: usize, from: &str, to: &str) -> Output {
+    Command::new("smtp-source")
+        .args([
+            "-m",
+            &n.to_string(),
+            "-s",
+            &conc.to_string(),
+            "-l",
+            &size.to_string(),
+        ])
+        .args(["-f", from, "-t", to])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run smtp-source (needs postfix)")
 }
