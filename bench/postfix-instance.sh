@@ -16,6 +16,8 @@ start) ;;
 esac
 port=$3 relay=${4:-}
 mkdir -p "$dir/etc" "$dir/queue" "$dir/data"
+# Postfix drops to its own user before opening files under data/: it must reach them.
+chmod 0755 "$dir"
 cp /etc/postfix/master.cf "$dir/etc/master.cf"
 # Replace the default listener with one on our loopback port.
 sed -i -E 's/^smtp( +)inet/#smtp\1inet/' "$dir/etc/master.cf"
