@@ -29,32 +29,53 @@ from aiosmtpd.smtp import SMTP
 class Stats:
     def __init__(self, out):
         self.path = os.path.join(out, "stats.json")
+        self.conn_log = os.path.join(out, "connections.jsonl")
         self.open = 0
         self.max_open = 0
         self.total = 0
+        # Per recipient domain: sessions open now that sent RCPT for it, and the most ever.
+        self.domain_open = {}
+        self.domain_max = {}
         self.write()
 
     def write(self):
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"open": self.open, "max_open": self.max_open, "connections": self.total}, f)
+            json.dump({"open": self.open, "max_open": self.max_open, "connections": self.total,
+                       "domain_max": self.domain_max}, f)
         os.replace(tmp, self.path)
 
     def opened(self):
         self.open += 1
         self.total += 1
         self.max_open = max(self.max_open, self.open)
+        with open(self.conn_log, "a") as f:
+            f.write(json.dumps({"conn": self.total, "time": time.time()}) + "\n")
         self.write()
         return self.total
 
-    def closed(self):
+    def domain_seen(self, session, domain):
+        seen = getattr(session, "domains", None)
+        if seen is None:
+            seen = session.domains = set()
+        if domain in seen:
+            return
+        seen.add(domain)
+        self.domain_open[domain] = self.domain_open.get(domain, 0) + 1
+        self.domain_max[domain] = max(self.domain_max.get(domain, 0), self.domain_open[domain])
+        self.write()
+
+    def closed(self, session):
         self.open -= 1
+        for d in getattr(session, "domains", ()):
+            self.domain_open[d] -= 1
         self.write()
 
 
 class Handler:
-    def __init__(self, args):
+    def __init__(self, args, stats):
         self.args = args
+        self.stats = stats
         self.out = args.out
         self.count = 0
         self.rules = []
@@ -64,6 +85,7 @@ class Handler:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         session.rcpts_seen = getattr(session, "rcpts_seen", 0) + 1
+        self.stats.domain_seen(session, address.rsplit("@", 1)[-1].lower())
         if self.args.drop_after_rcpt and session.rcpts_seen >= self.args.drop_after_rcpt:
             server.transport.close()
             return "421 closing"
@@ -112,7 +134,7 @@ def main():
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     stats = Stats(args.out)
-    handler = Handler(args)
+    handler = Handler(args, stats)
     base = LMTP if args.lmtp else SMTP
 
     class Server(base):
@@ -121,7 +143,7 @@ def main():
             self.session.conn_no = stats.opened()
 
         def connection_lost(self, exc):
-            stats.closed()
+            stats.closed(self.session)
             super().connection_lost(exc)
 
         async def _handle_client(self):
@@ -132,18 +154,28 @@ def main():
             await super()._handle_client()
 
     class Ctl(Controller):
+        def _trigger_server(self):
+            # With port 0, learn the port the kernel chose before the start-up check uses it.
+            self.port = self.server.sockets[0].getsockname()[1]
+            super()._trigger_server()
+
         def factory(self):
             return Server(self.handler, hostname="sink.test", enable_SMTPUTF8=True)
 
-    ctl = Ctl(handler, hostname="127.0.0.1", port=args.port)
+    # A loaded test machine can take a while to bring the server up.
+    ctl = Ctl(handler, hostname="127.0.0.1", port=args.port, ready_timeout=30)
     ctl.start()
     # Controller.start() opens one connection of its own to check the server is up.
     deadline = time.time() + 5
     while stats.open > 0 and time.time() < deadline:
         time.sleep(0.01)
     stats.total = stats.max_open = stats.open = 0
+    if os.path.exists(stats.conn_log):
+        os.remove(stats.conn_log)
     stats.write()
-    print("ready", flush=True)
+    # With --port 0 the kernel picks a free port: no race with other tests for it.
+    port = ctl.server.sockets[0].getsockname()[1]
+    print(f"ready {port}", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -291,7 +291,13 @@ impl<T> Scheduler<T> {
                 d.level = 0;
                 d.next_attempt = None;
             }
-            AttemptOutcome::Incomplete if probe => {}
+            AttemptOutcome::Incomplete if probe => {
+                // The schedule stands. Its timer may have been dropped as stale while the
+                // probe had every pair out, so arm it again (duplicates are harmless).
+                if let Some(t) = d.next_attempt {
+                    self.timers.push(Reverse((t, id)));
+                }
+            }
             AttemptOutcome::Incomplete => {
                 let step = backoff[(d.level as usize).min(backoff.len() - 1)];
                 d.level += 1;
@@ -404,9 +410,16 @@ mod tests {
         s.add_new("a.test", 2, now);
         let (id, b) = s.start_next(now, 100).unwrap();
         assert_eq!(b, [2, 1]);
+        // The manager asks for its next wake-up while the probe has every pair out.
+        let _ = s.next_wakeup();
         s.finish(id, b, AttemptOutcome::Incomplete, now);
         assert_eq!(s.state(id), before, "a failed probe continues the schedule");
         assert!(s.start_next(now, 100).is_none());
+        assert_eq!(
+            s.next_wakeup(),
+            Some(t0 + secs(3)),
+            "the scheduled retry is still armed"
+        );
         // A successful probe resets it.
         s.add_new("a.test", 3, now);
         let (id, b) = s.start_next(now, 100).unwrap();

@@ -58,32 +58,41 @@ impl Daemon {
     /// keys first and `[smtp]` last, so `extra` can open its own tables.
     pub fn start(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let config = dir.path().join("postrider.toml");
         let spool = if extra.starts_with("spool =") || extra.contains("\nspool =") {
             String::new()
         } else {
             format!("spool = \"{}\"\n", dir.path().join("spool").display())
         };
-        let text = format!("hostname = \"mx.postrider.test\"\n{spool}{extra}\n");
-        let text = if text.contains("[smtp]") {
-            text.replacen(
-                "[smtp]",
-                &format!("[smtp]\nlisten = [\"127.0.0.1:{port}\"]"),
-                1,
-            )
-        } else {
-            format!("{text}\n[smtp]\nlisten = [\"127.0.0.1:{port}\"]\n")
-        };
-        std::fs::write(&config, text).expect("write config");
         let mut d = Daemon {
             child: None,
-            port,
+            port: 0,
             dir,
             config,
         };
-        d.spawn();
-        d
+        // A port free a moment ago may be taken by another test's client socket before the
+        // daemon binds it: then try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let text = format!("hostname = \"mx.postrider.test\"\n{spool}{extra}\n");
+            let text = if text.contains("[smtp]") {
+                text.replacen(
+                    "[smtp]",
+                    &format!("[smtp]\nlisten = [\"127.0.0.1:{port}\"]"),
+                    1,
+                )
+            } else {
+                format!("{text}\n[smtp]\nlisten = [\"127.0.0.1:{port}\"]\n")
+            };
+            std::fs::write(&d.config, text).expect("write config");
+            d.port = port;
+            match d.try_spawn() {
+                Ok(()) => return d,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("postrider exited at start:\n{log}"),
+            }
+        }
+        panic!("no free port for postrider after 5 tries:\n{}", d.log());
     }
 
     pub fn spool(&self) -> PathBuf {
@@ -99,6 +108,13 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("postrider exited at start:\n{log}");
+        }
+    }
+
+    /// Starts the daemon and waits for it to listen; `Err(log)` if it exited instead.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -113,12 +129,21 @@ impl Daemon {
             .expect("spawn postrider");
         self.child = Some(child);
         let port = self.port;
-        wait_for("postrider to listen", Duration::from_secs(20), || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("postrider exited with {status}:\n{}", self.log());
+                self.child = None;
+                return Err(format!("exit status {status}\n{}", self.log()));
             }
-            port_open(port)
-        });
+            if port_open(port) {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postrider did not listen within 20s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `postrider queue --json list`, parsed: an array of messages.
@@ -195,22 +220,36 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(args: &[&str]) -> Sink {
+        Sink::start_on(0, args)
+    }
+
+    /// A sink on a given port (a destination that was down comes up); 0 lets the kernel
+    /// choose.
+    pub fn start_on(port: u16, args: &[&str]) -> Sink {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let mut child = Command::new(PYTHON)
             .arg(repo_root().join("tests/peers/sink.py"))
             .args(["--port", &port.to_string(), "--out"])
             .arg(dir.path())
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("sink log"))
             .spawn()
             .expect("spawn sink.py (needs python3-aiosmtpd)");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("sink ready line");
-        assert_eq!(line.trim(), "ready", "sink did not start");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "sink on port {port} did not start: {}",
+                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+                )
+            });
         Sink { child, port, dir }
     }
 
@@ -228,6 +267,32 @@ impl Sink {
             .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// When each connection was opened (seconds since the epoch), in order.
+    pub fn connection_times(&self) -> Vec<f64> {
+        std::fs::read_to_string(self.dir.path().join("connections.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["time"].as_f64())
+            .collect()
+    }
+
+    /// The accepted messages' log records, parsed.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.messages()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The sink's counters (open, max_open, connections, domain_max).
+    pub fn stats(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.dir.path().join("stats.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null)
     }
 
     pub fn message_text(&self, file: &str) -> String {
