@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         smtputf8: ctl[2] & 2 == 2,
         client: "fuzz".into(),
         held: ctl[2] & 4 == 4,
+        kind: Default::default(),
         recipients: (0..ctl[3] % 4)
             .map(|i| Recipient {
                 address: format!("r{i}@{}", text.len()),

@@ -194,7 +194,7 @@ impl Default for Config {
                     .map(|s| parse_duration(s).expect("literal"))
                     .collect(),
                 max_queue_time: secs(5 * 86400),
-                delay_warning: Some(secs(4 * 3600)),
+                delay_warning: None,
                 self_addresses: Vec::new(),
                 implicit_mx: true,
                 ipv6: true,

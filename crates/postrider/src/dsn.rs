@@ -12,6 +12,8 @@ pub enum Action {
     Failed,
     Delayed,
     Delivered,
+    /// Relayed to a next hop that does not speak DSN (RFC 3464 §2.3.3).
+    Relayed,
 }
 
 impl Action {
@@ -20,6 +22,7 @@ impl Action {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
             Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
         }
     }
 }
@@ -104,7 +107,7 @@ impl Dsn<'_> {
         } else if self
             .recipients
             .iter()
-            .all(|r| r.action == Action::Delivered)
+            .all(|r| matches!(r.action, Action::Delivered | Action::Relayed))
         {
             "Successful Mail Delivery Report"
         } else {

@@ -81,6 +81,13 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
             max_queue_time: cfg.delivery.max_queue_time,
             delivery_enabled: cfg.delivery.enabled,
             hostname: cfg.hostname.clone(),
+            dsn: crate::queue::bounce::Policy {
+                delay_warning: cfg.delivery.delay_warning,
+                postmaster: match cfg.local.domains.first() {
+                    Some(d) => format!("postmaster@{d}"),
+                    None => format!("postmaster@{}", cfg.hostname),
+                },
+            },
         },
     );
     manager.recover(recovery.messages, recovery.schedules);

@@ -55,6 +55,29 @@ impl std::fmt::Display for RcptState {
     }
 }
 
+/// How a delivered recipient left our hands, which decides the success DSN (RFC 3461 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Handoff {
+    #[default]
+    Unknown,
+    /// Relayed to an MTA that speaks DSN: it reports success itself.
+    DsnCapable,
+    /// Relayed to an MTA without DSN: we report "relayed".
+    Relayed,
+    /// Final delivery (LMTP): we report "delivered".
+    Final,
+}
+
+/// What a message is, for the DSN rules: a DSN's failure goes to the postmaster (a double
+/// bounce); a double bounce's failure is only logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum MessageKind {
+    #[default]
+    Mail,
+    Dsn,
+    DoubleBounce,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Recipient {
     pub address: String,
@@ -69,6 +92,14 @@ pub struct Recipient {
     /// A DSN reporting this recipient's final state is safely in the queue.
     #[serde(default)]
     pub dsn_sent: bool,
+    /// A delay notice for this recipient is safely in the queue (sent at most once).
+    #[serde(default)]
+    pub delay_dsn_sent: bool,
+    /// The server that gave the last reply (Remote-MTA of a DSN).
+    #[serde(default)]
+    pub relay: Option<String>,
+    #[serde(default)]
+    pub handoff: Handoff,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +117,19 @@ pub struct Envelope {
     pub client: String,
     pub held: bool,
     pub recipients: Vec<Recipient>,
+    #[serde(default)]
+    pub kind: MessageKind,
+}
+
+impl Recipient {
+    /// Records that a DSN about this recipient's current state is durable.
+    pub fn mark_reported(&mut self) {
+        if self.state.is_final() {
+            self.dsn_sent = true;
+        } else {
+            self.delay_dsn_sent = true;
+        }
+    }
 }
 
 impl Envelope {
@@ -118,6 +162,10 @@ pub enum Update {
         tries: u32,
         last_error: Option<String>,
         next_attempt: u64,
+        #[serde(default)]
+        relay: Option<String>,
+        #[serde(default)]
+        handoff: Handoff,
     },
     /// Every recipient is final: the message leaves the queue.
     Done {
@@ -133,7 +181,8 @@ pub enum Update {
     Delete {
         id: TxnId,
     },
-    /// DSNs for these recipients were committed as a message of their own.
+    /// DSNs for these recipients were committed as a message of their own: a final report
+    /// for final recipients, a delay notice for the others.
     DsnSent {
         id: TxnId,
         rcpts: Vec<u16>,

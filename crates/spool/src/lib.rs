@@ -33,7 +33,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 pub use envelope::{
-    BodyType, DomainSchedule, DsnRet, Envelope, Notify, RcptState, Recipient, Update,
+    BodyType, DomainSchedule, DsnRet, Envelope, Handoff, MessageKind, Notify, RcptState, Recipient,
+    Update,
 };
 pub use id::{BadId, IdGenerator, TxnId};
 use state::{Loc, State};

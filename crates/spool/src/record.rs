@@ -178,6 +178,7 @@ mod tests {
             smtputf8: false,
             client: "c [127.0.0.1]".into(),
             held: false,
+            kind: Default::default(),
             recipients: (0..rcpts)
                 .map(|i| Recipient {
                     address: format!("r{i}@d.test"),

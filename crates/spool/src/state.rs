@@ -78,6 +78,8 @@ impl State {
                 tries,
                 last_error,
                 next_attempt,
+                relay,
+                handoff,
             } => {
                 let r = self
                     .live
@@ -91,6 +93,8 @@ impl State {
                     r.tries = (*tries).max(r.tries);
                     r.last_error.clone_from(last_error);
                     r.next_attempt = *next_attempt;
+                    r.relay.clone_from(relay);
+                    r.handoff = *handoff;
                 } else if *state == RcptState::Deferred {
                     r.tries = (*tries).max(r.tries);
                 }
@@ -101,7 +105,7 @@ impl State {
                 if let Some(l) = self.live.get_mut(id) {
                     for &i in rcpts {
                         if let Some(r) = l.env.recipients.get_mut(usize::from(i)) {
-                            r.dsn_sent = true;
+                            r.mark_reported();
                         }
                     }
                 }

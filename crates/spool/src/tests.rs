@@ -17,6 +17,7 @@ fn env(id: TxnId, rcpts: usize) -> Envelope {
         smtputf8: false,
         client: "c [127.0.0.1]".into(),
         held: false,
+        kind: Default::default(),
         recipients: (0..rcpts)
             .map(|i| Recipient {
                 address: format!("r{i}@dst.test"),
@@ -74,6 +75,8 @@ fn messages_and_updates_survive_reopen() {
                         tries: 1,
                         last_error: None,
                         next_attempt: 0,
+                        relay: Some("mx.dst.test[127.0.0.1]:25".into()),
+                        handoff: Handoff::Relayed,
                     },
                     Update::Hold { id: e2.id },
                     Update::Done { id: e3.id },
@@ -96,6 +99,8 @@ fn messages_and_updates_survive_reopen() {
     assert!(!ids.contains(&done_id));
     let (e1, m1) = &rec.messages[0];
     assert_eq!(e1.recipients[1].state, RcptState::Delivered);
+    assert_eq!(e1.recipients[1].handoff, Handoff::Relayed);
+    assert!(e1.recipients[1].relay.is_some());
     assert_eq!(e1.recipients[0].state, RcptState::Pending);
     assert!(rec.messages[1].0.held);
     assert_eq!(read_all(&spool, m1), b"Subject: small\r\n\r\nhi\r\n");

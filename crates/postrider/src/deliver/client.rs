@@ -489,6 +489,15 @@ impl Client {
             RcptOutcome::Delivered {
                 relay: self.relay.clone(),
                 reply,
+                // RFC 3461 §5.2: an LMTP server delivers; a DSN-capable relay reports
+                // success itself; any other relay leaves us to say "relayed".
+                handoff: if self.lmtp {
+                    spool::Handoff::Final
+                } else if self.caps.dsn {
+                    spool::Handoff::DsnCapable
+                } else {
+                    spool::Handoff::Relayed
+                },
             }
         } else if r.is_transient() {
             RcptOutcome::Deferred {

@@ -54,6 +54,7 @@ pub enum RcptOutcome {
     Delivered {
         relay: String,
         reply: String,
+        handoff: Handoff,
     },
     Deferred {
         relay: Option<String>,
@@ -65,6 +66,18 @@ pub enum RcptOutcome {
     },
 }
 
+impl RcptOutcome {
+    /// The server that answered, and how a delivered recipient was handed on.
+    pub fn relay_and_handoff(&self) -> (Option<String>, Handoff) {
+        match self {
+            RcptOutcome::Delivered { relay, handoff, .. } => (Some(relay.clone()), *handoff),
+            RcptOutcome::Deferred { relay, .. } | RcptOutcome::Failed { relay, .. } => {
+                (relay.clone(), Handoff::Unknown)
+            }
+        }
+    }
+}
+
 pub mod client;
 pub mod tls;
 
@@ -73,7 +86,7 @@ use std::net::IpAddr;
 
 use client::{Client, ClientSettings, SessionError};
 use resolver::{Destination, Resolver};
-use spool::{RcptState, Spool, Update};
+use spool::{Handoff, RcptState, Spool, Update};
 use tracing::{info, warn};
 
 /// Runs delivery attempts; shared by every attempt task (its parts are all handles).
@@ -247,6 +260,7 @@ impl Deliverer {
         let updates: Vec<Update> = results
             .iter()
             .map(|r| {
+                let (relay, handoff) = r.outcome.relay_and_handoff();
                 let (state, last_error) = match &r.outcome {
                     RcptOutcome::Delivered { .. } => (RcptState::Delivered, None),
                     RcptOutcome::Deferred { reply, .. } => {
@@ -261,6 +275,8 @@ impl Deliverer {
                     tries: tries.get(&(r.id, r.index)).copied().unwrap_or(0) + 1,
                     last_error,
                     next_attempt: 0,
+                    relay,
+                    handoff,
                 }
             })
             .collect();
@@ -277,7 +293,7 @@ impl Deliverer {
 
 fn log_result(domain: &str, r: &RcptResult) {
     match &r.outcome {
-        RcptOutcome::Delivered { relay, reply } => {
+        RcptOutcome::Delivered { relay, reply, .. } => {
             info!(queue_id = %r.id, rcpt_id = %r.id.rcpt_id(r.index), domain, relay, status = "sent", reply, "delivered")
         }
         RcptOutcome::Deferred { relay, reply } => info!(

@@ -1,22 +1,43 @@
-//! Delivery status notifications for final recipient states: which recipients need one
-//! (RFC 3461 NOTIFY; never for the null sender), and making the DSN durable as a message of
-//! its own before the original may leave the queue.
+//! Delivery status notifications (RFC 3464): which recipients need one under RFC 3461's
+//! NOTIFY (failures, delays past `delivery.delay_warning`, successes when asked), who gets
+//! it (the sender; for mail with a null sender the postmaster, a "double bounce"; a failed
+//! double bounce is only logged), and making it durable as a message of its own before the
+//! original may leave the queue.
 
 use std::io::Read;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use spool::{Envelope, MessageRef, Notify, RcptState, Recipient, Spool, SpoolError, Update};
+use spool::{
+    Envelope, Handoff, MessageKind, MessageRef, Notify, RcptState, Recipient, Spool, SpoolError,
+    Update,
+};
 
 use crate::dsn::{Action, Dsn, DsnRecipient, header_section, status_of};
 
 /// Content returned with a failure report is cut at this size (Postfix's bounce_size_limit).
 const RETURN_LIMIT: u64 = 50_000;
 
-/// The report a recipient's state calls for, if any.
-pub fn action_for(env: &Envelope, r: &Recipient) -> Option<Action> {
-    if env.sender.is_empty() || r.dsn_sent {
-        return None;
+/// The settings the DSN rules depend on.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Send one delay notice per recipient still undelivered after this long.
+    pub delay_warning: Option<Duration>,
+    /// Where double bounces go.
+    pub postmaster: String,
+}
+
+/// Who receives reports about `env`, if anyone.
+pub fn report_to<'a>(env: &'a Envelope, policy: &'a Policy) -> Option<&'a str> {
+    match (env.sender.is_empty(), env.kind) {
+        (false, _) => Some(&env.sender),
+        (true, MessageKind::DoubleBounce) => None,
+        (true, _) => Some(&policy.postmaster),
     }
+}
+
+/// The report a recipient's state calls for now, if any.
+pub fn action_for(env: &Envelope, r: &Recipient, policy: &Policy, now: u64) -> Option<Action> {
+    report_to(env, policy)?;
     let Notify {
         never,
         success,
@@ -24,21 +45,44 @@ pub fn action_for(env: &Envelope, r: &Recipient) -> Option<Action> {
         delay,
     } = r.notify;
     let given = never || success || failure || delay;
+    // Mail from the null sender only ever produces failure reports (to the postmaster).
+    let null = env.sender.is_empty();
     match r.state {
-        RcptState::Failed if !never && (failure || !given) => Some(Action::Failed),
-        RcptState::Delivered if success => Some(Action::Delivered),
+        // A null-sender message's failure goes to the postmaster whatever NOTIFY said.
+        RcptState::Failed if !r.dsn_sent && (null || (!never && (failure || !given))) => {
+            Some(Action::Failed)
+        }
+        RcptState::Delivered if !r.dsn_sent && success && !null => match r.handoff {
+            Handoff::DsnCapable => None,
+            Handoff::Final => Some(Action::Delivered),
+            Handoff::Relayed | Handoff::Unknown => Some(Action::Relayed),
+        },
+        RcptState::Deferred
+            if !r.delay_dsn_sent && !never && !null && (delay || !given) && r.tries > 0 =>
+        {
+            let warn = policy.delay_warning?;
+            (now.saturating_sub(env.arrival) >= warn.as_secs()).then_some(Action::Delayed)
+        }
         _ => None,
     }
 }
 
 /// Indices of the recipients that need a report now.
-pub fn pending(env: &Envelope) -> Vec<u16> {
+pub fn pending(env: &Envelope, policy: &Policy) -> Vec<u16> {
+    let now = unix_now();
     env.recipients
         .iter()
         .enumerate()
-        .filter(|(_, r)| action_for(env, r).is_some())
+        .filter(|(_, r)| action_for(env, r, policy, now).is_some())
         .map(|(i, _)| i as u16)
         .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn read_returned(spool: &Spool, mref: &MessageRef, headers_only: bool) -> (Vec<u8>, bool) {
@@ -61,14 +105,15 @@ fn read_returned(spool: &Spool, mref: &MessageRef, headers_only: bool) -> (Vec<u
 pub async fn send(
     spool: &Spool,
     hostname: &str,
+    policy: &Policy,
     env: &Envelope,
     mref: &MessageRef,
     rcpts: &[u16],
 ) -> Result<(Envelope, MessageRef), SpoolError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = unix_now();
+    let to = report_to(env, policy)
+        .unwrap_or(&policy.postmaster)
+        .to_string();
     let headers_only = env.ret == Some(spool::DsnRet::Headers);
     let (spool2, mref2) = (spool.clone(), mref.clone());
     let (returned, returned_full) =
@@ -79,7 +124,7 @@ pub async fn send(
         .iter()
         .filter_map(|&i| env.recipients.get(usize::from(i)))
         .map(|r| {
-            let action = action_for(env, r).unwrap_or(Action::Failed);
+            let action = action_for(env, r, policy, now).unwrap_or(Action::Failed);
             let diag = r.last_error.clone();
             DsnRecipient {
                 final_recipient: r.address.clone(),
@@ -87,9 +132,14 @@ pub async fn send(
                 action,
                 status: match action {
                     Action::Failed => status_of(diag.as_deref().unwrap_or(""), true),
+                    Action::Delayed => status_of(diag.as_deref().unwrap_or(""), false),
                     _ => "2.0.0".into(),
                 },
-                remote_mta: None,
+                // The relay is "host[ip]:port"; Remote-MTA names the host.
+                remote_mta: r
+                    .relay
+                    .as_deref()
+                    .map(|x| x.split('[').next().unwrap_or(x).to_string()),
                 diagnostic: diag,
                 last_attempt: now,
             }
@@ -102,7 +152,7 @@ pub async fn send(
     let dsn = Dsn {
         reporting_mta: hostname,
         postmaster: &postmaster,
-        to: &env.sender,
+        to: &to,
         envid: env.envid.as_deref(),
         arrival: env.arrival,
         recipients,
@@ -127,8 +177,13 @@ pub async fn send(
         smtputf8: env.smtputf8,
         client: "local DSN".into(),
         held: false,
+        kind: if env.sender.is_empty() {
+            MessageKind::DoubleBounce
+        } else {
+            MessageKind::Dsn
+        },
         recipients: vec![Recipient {
-            address: env.sender.clone(),
+            address: to.clone(),
             notify: Notify {
                 never: true,
                 ..Default::default()
@@ -155,7 +210,7 @@ mod tests {
     fn env(notify: Notify, state: RcptState, sender: &str) -> Envelope {
         Envelope {
             id: spool::TxnId(1),
-            arrival: 0,
+            arrival: unix_now() - 7200,
             sender: sender.into(),
             envid: None,
             ret: None,
@@ -163,41 +218,125 @@ mod tests {
             smtputf8: false,
             client: String::new(),
             held: false,
+            kind: Default::default(),
             recipients: vec![Recipient {
                 address: "r@d.test".into(),
                 notify,
                 state,
+                tries: 1,
                 ..Default::default()
             }],
         }
     }
 
-    #[test]
-    fn notify_decides() {
-        let n = |never, success, failure| Notify {
+    fn n(never: bool, success: bool, failure: bool, delay: bool) -> Notify {
+        Notify {
             never,
             success,
             failure,
-            delay: false,
-        };
-        let e = env(n(false, false, false), RcptState::Failed, "s@x.test");
-        assert_eq!(pending(&e), vec![0]);
-        let e = env(n(true, false, false), RcptState::Failed, "s@x.test");
-        assert!(pending(&e).is_empty());
-        let e = env(n(false, true, false), RcptState::Failed, "s@x.test");
-        assert!(
-            pending(&e).is_empty(),
+            delay,
+        }
+    }
+
+    fn policy(delay_warning: Option<u64>) -> Policy {
+        Policy {
+            delay_warning: delay_warning.map(Duration::from_secs),
+            postmaster: "postmaster@local.test".into(),
+        }
+    }
+
+    fn action(e: &Envelope, p: &Policy) -> Option<Action> {
+        action_for(e, &e.recipients[0], p, unix_now())
+    }
+
+    #[test]
+    fn notify_decides_failures_and_successes() {
+        let p = policy(None);
+        let none = n(false, false, false, false);
+        assert_eq!(
+            action(&env(none, RcptState::Failed, "s@x.test"), &p),
+            Some(Action::Failed)
+        );
+        assert_eq!(
+            action(
+                &env(n(true, false, false, false), RcptState::Failed, "s@x.test"),
+                &p
+            ),
+            None
+        );
+        assert_eq!(
+            action(
+                &env(n(false, true, false, false), RcptState::Failed, "s@x.test"),
+                &p
+            ),
+            None,
             "NOTIFY=SUCCESS only: no failure report"
         );
-        let e = env(n(false, true, false), RcptState::Delivered, "s@x.test");
-        assert_eq!(pending(&e), vec![0]);
-        let e = env(n(false, false, false), RcptState::Delivered, "s@x.test");
-        assert!(pending(&e).is_empty());
-        // Never a DSN to the null sender (RFC 5321 §4.5.5).
-        let e = env(n(false, false, false), RcptState::Failed, "");
-        assert!(pending(&e).is_empty());
-        let mut e = env(n(false, false, false), RcptState::Failed, "s@x.test");
+        assert_eq!(
+            action(&env(none, RcptState::Delivered, "s@x.test"), &p),
+            None
+        );
+        let mut e = env(
+            n(false, true, false, false),
+            RcptState::Delivered,
+            "s@x.test",
+        );
+        for (handoff, want) in [
+            (Handoff::Relayed, Some(Action::Relayed)),
+            (Handoff::Final, Some(Action::Delivered)),
+            (Handoff::DsnCapable, None),
+        ] {
+            e.recipients[0].handoff = handoff;
+            assert_eq!(action(&e, &p), want, "{handoff:?}");
+        }
+        let mut e = env(none, RcptState::Failed, "s@x.test");
         e.recipients[0].dsn_sent = true;
-        assert!(pending(&e).is_empty());
+        assert!(pending(&e, &p).is_empty(), "reported once");
+    }
+
+    #[test]
+    fn delay_notices_once_and_only_when_configured() {
+        let none = n(false, false, false, false);
+        let e = env(none, RcptState::Deferred, "s@x.test");
+        assert_eq!(action(&e, &policy(None)), None, "off by default");
+        assert_eq!(action(&e, &policy(Some(3600))), Some(Action::Delayed));
+        assert_eq!(action(&e, &policy(Some(3 * 3600))), None, "not old enough");
+        let e2 = env(
+            n(false, false, true, false),
+            RcptState::Deferred,
+            "s@x.test",
+        );
+        assert_eq!(
+            action(&e2, &policy(Some(3600))),
+            None,
+            "NOTIFY=FAILURE: no delay notice"
+        );
+        let mut e3 = e.clone();
+        e3.recipients[0].mark_reported();
+        assert_eq!(
+            action(&e3, &policy(Some(3600))),
+            None,
+            "one notice per recipient"
+        );
+        // ...and the final report still comes.
+        e3.recipients[0].state = RcptState::Failed;
+        assert_eq!(action(&e3, &policy(Some(3600))), Some(Action::Failed));
+    }
+
+    #[test]
+    fn null_sender_failures_go_to_the_postmaster_once() {
+        let p = policy(Some(60));
+        let mut e = env(n(true, false, false, false), RcptState::Failed, "");
+        assert_eq!(report_to(&e, &p), Some("postmaster@local.test"));
+        assert_eq!(action(&e, &p), Some(Action::Failed), "a bounce that failed");
+        e.recipients[0].state = RcptState::Deferred;
+        assert_eq!(action(&e, &p), None, "no delay notices about bounces");
+        e.recipients[0].state = RcptState::Failed;
+        e.kind = MessageKind::DoubleBounce;
+        assert_eq!(report_to(&e, &p), None);
+        assert!(
+            pending(&e, &p).is_empty(),
+            "a failed double bounce is only logged"
+        );
     }
 }

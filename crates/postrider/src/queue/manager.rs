@@ -83,6 +83,7 @@ pub struct Settings {
     pub delivery_enabled: bool,
     /// Our name, for DSNs.
     pub hostname: String,
+    pub dsn: super::bounce::Policy,
 }
 
 pub struct Manager {
@@ -190,14 +191,15 @@ impl Manager {
         if m.dsn_in_flight {
             return None;
         }
-        let rcpts = super::bounce::pending(&m.env);
+        let rcpts = super::bounce::pending(&m.env, &self.settings.dsn);
         if !rcpts.is_empty() {
             m.dsn_in_flight = true;
             let (spool, tx) = (self.spool.clone(), self.tx.clone());
             let (env, mref) = (m.env.clone(), m.mref.clone());
             let host = self.settings.hostname.clone();
+            let policy = self.settings.dsn.clone();
             tokio::spawn(async move {
-                let result = super::bounce::send(&spool, &host, &env, &mref, &rcpts)
+                let result = super::bounce::send(&spool, &host, &policy, &env, &mref, &rcpts)
                     .await
                     .map_err(|e| e.to_string());
                 let _ = tx.send(QueueMsg::DsnDone { id, rcpts, result }).await;
@@ -239,7 +241,7 @@ impl Manager {
             Ok((benv, bref)) => {
                 for &i in &rcpts {
                     if let Some(r) = m.env.recipients.get_mut(usize::from(i)) {
-                        r.dsn_sent = true;
+                        r.mark_reported();
                     }
                 }
                 tracing::info!(queue_id = %id, dsn = %benv.id, to = %benv.recipients[0].address, "sender notified");
@@ -384,6 +386,7 @@ impl Manager {
                 continue;
             };
             rc.tries += 1;
+            (rc.relay, rc.handoff) = r.outcome.relay_and_handoff();
             match &r.outcome {
                 RcptOutcome::Delivered { .. } => rc.state = RcptState::Delivered,
                 RcptOutcome::Failed { reply, .. } => {
@@ -401,9 +404,13 @@ impl Manager {
             }
             if rc.state.is_final() {
                 m.open = m.open.saturating_sub(1);
-                if !touched.contains(&r.id) {
-                    touched.push(r.id);
-                }
+            }
+            if rc.state == RcptState::Failed && m.env.kind == spool::MessageKind::DoubleBounce {
+                tracing::warn!(queue_id = %r.id, to = %rc.address, "double bounce undeliverable; dropped");
+            }
+            // Deferred recipients too: one may be due a delay notice.
+            if !touched.contains(&r.id) {
+                touched.push(r.id);
             }
         }
         let outcome = if retry.is_empty() {

@@ -640,6 +640,7 @@ impl Session {
                 super::limits::canonical(self.peer.ip())
             ),
             held: false,
+            kind: Default::default(),
             recipients: txn.rcpts.clone(),
         };
         let size = content.len();

@@ -452,3 +452,67 @@ pub fn smtp_source(port: u16, n: usize, conc: usize, size: usize, from: &str, to
         .output()
         .expect("run smtp-source (needs postfix)")
 }
+
+/// dnsmasq as the authoritative server for `test` on a loopback port, with the given extra
+/// records (`--mx-host=...`, `--host-record=...`); killed when dropped.
+pub struct Dnsmasq {
+    _proc: Proc,
+    pub port: u16,
+}
+
+impl Dnsmasq {
+    pub fn start(records: &[&str]) -> Dnsmasq {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free UDP port");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--local=/test/",
+                "--pid-file=",
+                "-C",
+                "/dev/null",
+            ])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (package dnsmasq-base)");
+        let d = Dnsmasq {
+            _proc: Proc(child),
+            port,
+        };
+        // Answering once means it is up: ask for the SOA-less root of `test`.
+        wait_for("dnsmasq to answer", Duration::from_secs(10), || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let q = [
+                0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
+            ];
+            s.send_to(&q, ("127.0.0.1", port)).is_ok() && s.recv(&mut [0u8; 512]).is_ok()
+        });
+        d
+    }
+}
+
+/// A DSN as Python's email package parses it (tests/peers/dsncheck.py).
+pub fn parse_dsn(path: &Path) -> serde_json::Value {
+    let out = Command::new(PYTHON)
+        .arg(repo_root().join("tests/peers/dsncheck.py"))
+        .arg(path)
+        .output()
+        .expect("run dsncheck.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("dsncheck.py prints JSON")
+}
