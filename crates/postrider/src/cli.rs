@@ -63,9 +63,10 @@ pub enum QueueAction {
     Release { id: String },
     /// Delete a message from the queue without a bounce.
     Delete { id: String },
-    /// Process the queue once and exit (no listeners).
+    /// Attempt every queued domain once, whatever its schedule, and exit (the daemon must
+    /// not be running on the spool; to run continuously use `postrider serve`).
     Run {
-        /// Required for now: process everything due once, then exit.
+        /// Process the queue once and exit (the only mode).
         #[arg(long)]
         once: bool,
     },

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::deliver::Deliverer;
 use crate::deliver::client::{ClientSettings, TlsMode};
-use crate::queue::manager::{Manager, Settings};
+use crate::queue::manager::{Manager, QueueHandle, Settings};
 use crate::server::{self, Ctx, limits::ConnLimits};
 
 /// How long in-flight sessions and deliveries get after SIGTERM.
@@ -57,39 +57,12 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         listeners.push(l);
     }
 
-    let resolver = resolver::Resolver::new(crate::serve::resolver_config(&cfg))
-        .context("setting up the resolver")?;
     let local = Arc::new(resolver::LocalPolicy::from_config(&cfg).context("local recipients")?);
     let tls = match (&cfg.smtp.tls_cert, &cfg.smtp.tls_key) {
         (Some(c), Some(k)) => Some(server::tls_acceptor(c, k)?),
         _ => None,
     };
-    let deliverer = Arc::new(Deliverer {
-        resolver,
-        spool: spool.clone(),
-        settings: client_settings(&cfg),
-        source_address: cfg.delivery.source_address,
-        max_queue_time: cfg.delivery.max_queue_time,
-    });
-    let (mut manager, queue) = Manager::new(
-        spool.clone(),
-        deliverer,
-        Settings {
-            backoff: cfg.delivery.backoff.clone(),
-            concurrency: cfg.delivery.concurrency,
-            messages_per_connection: cfg.delivery.messages_per_connection,
-            max_queue_time: cfg.delivery.max_queue_time,
-            delivery_enabled: cfg.delivery.enabled,
-            hostname: cfg.hostname.clone(),
-            dsn: crate::queue::bounce::Policy {
-                delay_warning: cfg.delivery.delay_warning,
-                postmaster: match cfg.local.domains.first() {
-                    Some(d) => format!("postmaster@{d}"),
-                    None => format!("postmaster@{}", cfg.hostname),
-                },
-            },
-        },
-    );
+    let (mut manager, queue) = queue_manager(&cfg, &spool)?;
     manager.recover(recovery.messages, recovery.schedules);
 
     let shutdown = CancellationToken::new();
@@ -153,6 +126,65 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// The resolver, delivery agent and queue manager, as `serve` and `queue run --once` use them.
+fn queue_manager(cfg: &Config, spool: &spool::Spool) -> anyhow::Result<(Manager, QueueHandle)> {
+    let resolver =
+        resolver::Resolver::new(resolver_config(cfg)).context("setting up the resolver")?;
+    let deliverer = Arc::new(Deliverer {
+        resolver,
+        spool: spool.clone(),
+        settings: client_settings(cfg),
+        source_address: cfg.delivery.source_address,
+        max_queue_time: cfg.delivery.max_queue_time,
+    });
+    Ok(Manager::new(
+        spool.clone(),
+        deliverer,
+        Settings {
+            backoff: cfg.delivery.backoff.clone(),
+            concurrency: cfg.delivery.concurrency,
+            messages_per_connection: cfg.delivery.messages_per_connection,
+            max_queue_time: cfg.delivery.max_queue_time,
+            delivery_enabled: cfg.delivery.enabled,
+            hostname: cfg.hostname.clone(),
+            dsn: crate::queue::bounce::Policy {
+                delay_warning: cfg.delivery.delay_warning,
+                postmaster: match cfg.local.domains.first() {
+                    Some(d) => format!("postmaster@{d}"),
+                    None => format!("postmaster@{}", cfg.hostname),
+                },
+            },
+        },
+    ))
+}
+
+/// `postrider queue run --once`: SMTPRCD without /FOREVER. Takes the spool (so the daemon
+/// must not be running), attempts every domain with mail once, waits for the attempts and
+/// the DSNs they cause, and exits.
+pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let (spool, recovery) = match spool::open(spool::SpoolConfig::new(cfg.spool.clone())) {
+            Ok(x) => x,
+            Err(spool::SpoolError::Locked(_)) => anyhow::bail!(
+                "the daemon is running on {}: use `postrider queue flush` instead",
+                cfg.spool.display()
+            ),
+            Err(e) => return Err(e).context(format!("opening the spool {}", cfg.spool.display())),
+        };
+        info!("spool {}: {}", cfg.spool.display(), recovery.report);
+        let (mut manager, _queue) = queue_manager(&cfg, &spool)?;
+        manager.recover(recovery.messages, recovery.schedules);
+        manager.run_once().await;
+        spool.shutdown().await;
+        Ok(())
+    })
 }
 
 fn client_settings(cfg: &Config) -> ClientSettings {

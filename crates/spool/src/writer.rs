@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
@@ -42,6 +43,8 @@ pub enum Request {
 const MAX_BATCH: usize = 512;
 /// Most messages copied forward per batch, so compaction never stalls new mail for long.
 const RELOCATE_PER_BATCH: usize = 64;
+/// Upper bound of the commit delay (see `Writer::run`).
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(1);
 
 pub struct Writer {
     cfg: SpoolConfig,
@@ -52,6 +55,9 @@ pub struct Writer {
     active_len: u64,
     index: Arc<Index>,
     stats: Arc<Stats>,
+    /// Size of the previous batch and how long its fsync took, for the commit delay.
+    last_batch: usize,
+    last_sync: Duration,
 }
 
 impl Writer {
@@ -83,20 +89,33 @@ impl Writer {
             active_len: 0,
             index,
             stats,
+            last_batch: 0,
+            last_sync: Duration::ZERO,
         };
         w.maintain();
         Ok(w)
     }
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
+        let drain = |rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>| {
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(r) => batch.push(r),
                     Err(_) => break,
                 }
             }
+        };
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            drain(&mut rx, &mut batch);
+            // Commit delay: when the last batch showed concurrent writers, give the others
+            // a fraction of an fsync's time to join this one. A lone client (last batch of
+            // one) never waits, so its latency is one fsync.
+            if self.last_batch > 1 && batch.len() < MAX_BATCH {
+                std::thread::sleep((self.last_sync / 2).min(MAX_COMMIT_DELAY));
+                drain(&mut rx, &mut batch);
+            }
+            self.last_batch = batch.len();
             if self.process(batch) {
                 return;
             }
@@ -106,10 +125,12 @@ impl Writer {
     /// Appends `buf` durably, or leaves the segment as it was. On failure the segment is
     /// cut back so a later batch never follows a half-written record.
     fn append(&mut self, buf: &[u8]) -> Result<(), SpoolError> {
+        let started = Instant::now();
         let res = self
             .active
             .write_all(buf)
             .and_then(|()| self.active.sync_data());
+        self.last_sync = started.elapsed();
         match res {
             Ok(()) => {
                 self.active_len += buf.len() as u64;

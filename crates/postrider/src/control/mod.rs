@@ -49,6 +49,9 @@ pub struct MessageInfo {
     pub sender: String,
     pub held: bool,
     pub recipients: Vec<RecipientInfo>,
+    /// The header section, for `queue show` (not in listings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -180,6 +183,7 @@ mod tests {
                 tries: 2,
                 last_error: Some("451 4.3.0 x".into()),
             }],
+            headers: Some("Subject: x\r\n".into()),
         };
         for resp in [
             Response::List(vec![info.clone()]),

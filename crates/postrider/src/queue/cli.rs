@@ -19,9 +19,20 @@ pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
         QueueAction::Hold { id } => Request::Hold { id },
         QueueAction::Release { id } => Request::Release { id },
         QueueAction::Delete { id } => Request::Delete { id },
-        QueueAction::Run { .. } => {
-            eprintln!("postrider queue run: not implemented yet");
-            return ExitCode::from(2);
+        QueueAction::Run { once: false } => {
+            eprintln!(
+                "postrider queue run: add --once (to run continuously use `postrider serve`)"
+            );
+            return ExitCode::from(sysexits::USAGE);
+        }
+        QueueAction::Run { once: true } => {
+            return match crate::serve::run_queue_once(cfg.clone()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("postrider: {e:#}");
+                    ExitCode::from(sysexits::TEMPFAIL)
+                }
+            };
         }
     };
     let resp = match control::request(&cfg.control_socket(), &req) {
@@ -83,6 +94,7 @@ fn offline(cfg: &Config, req: &Request) -> Result<Response, ExitCode> {
                     last_error: r.last_error.clone(),
                 })
                 .collect(),
+            headers: None,
         })
         .collect();
     list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -197,6 +209,12 @@ fn print(resp: Response, json: bool) -> ExitCode {
                     r.tries,
                     r.last_error.as_deref().unwrap_or("-")
                 );
+            }
+            if let Some(h) = &m.headers {
+                println!("headers:");
+                for line in h.lines() {
+                    println!("    {line}");
+                }
             }
             ExitCode::SUCCESS
         }

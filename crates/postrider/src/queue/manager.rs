@@ -94,6 +94,8 @@ pub struct Manager {
     settings: Settings,
     rx: mpsc::Receiver<QueueMsg>,
     tx: mpsc::Sender<QueueMsg>,
+    /// Spool writes started in the background, waited for before the manager returns.
+    background: tokio_util::task::TaskTracker,
 }
 
 fn unix_now() -> u64 {
@@ -123,6 +125,7 @@ impl Manager {
             settings,
             rx,
             tx: tx.clone(),
+            background: tokio_util::task::TaskTracker::new(),
         };
         (m, QueueHandle { tx })
     }
@@ -220,7 +223,7 @@ impl Manager {
         // Losing these in a crash only repeats work (a removal, a schedule position);
         // recipient results and DSNs are durable before they get here.
         let spool = self.spool.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if let Err(e) = spool.update(updates).await {
                 tracing::warn!("could not record queue state: {e}");
             }
@@ -262,6 +265,29 @@ impl Manager {
         }
     }
 
+    /// One attempt for every domain with mail, whatever its schedule; returns when no
+    /// attempt and no DSN is in flight any more (DSNs made on the way are attempted too).
+    pub async fn run_once(mut self) {
+        let now = Instant::now();
+        let ids: Vec<DomainId> = self.sched.domains().map(|(id, ..)| id).collect();
+        for id in ids {
+            self.sched.flush(id, now);
+        }
+        loop {
+            self.start_attempts();
+            let dsn_busy = self.messages.values().any(|m| m.dsn_in_flight);
+            if self.sched.in_flight() == 0 && !dsn_busy {
+                break;
+            }
+            match self.rx.recv().await {
+                Some(m) => self.handle(m).await,
+                None => break,
+            }
+        }
+        self.background.close();
+        self.background.wait().await;
+    }
+
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             self.start_attempts();
@@ -278,9 +304,11 @@ impl Manager {
                     None => return,
                 },
                 _ = sleep => {}
-                _ = shutdown.cancelled(), if self.sched.in_flight() == 0 => return,
+                _ = shutdown.cancelled(), if self.sched.in_flight() == 0 => break,
             }
         }
+        self.background.close();
+        self.background.wait().await;
     }
 
     fn start_attempts(&mut self) {
@@ -438,6 +466,20 @@ impl Manager {
         self.record_in_background(updates);
     }
 
+    /// The message's header section, read from the spool (bounded: headers are small).
+    fn headers(&self, m: &Msg) -> String {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        match self.spool.open_content(&m.mref) {
+            Ok(r) => {
+                let _ = r.take(64 * 1024).read_to_end(&mut buf);
+            }
+            Err(e) => return format!("(cannot read the content: {e})"),
+        }
+        let n = crate::dsn::header_section(&buf).len();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
     fn info(&self, m: &Msg) -> MessageInfo {
         MessageInfo {
             id: m.env.id.to_string(),
@@ -456,6 +498,7 @@ impl Manager {
                     last_error: r.last_error.clone(),
                 })
                 .collect(),
+            headers: None,
         }
     }
 
@@ -468,7 +511,11 @@ impl Manager {
                 Response::List(list)
             }
             Request::Show { id } => match self.find(&id) {
-                Some(m) => Response::Message(self.info(m)),
+                Some(m) => {
+                    let mut info = self.info(m);
+                    info.headers = Some(self.headers(m));
+                    Response::Message(info)
+                }
                 None => Response::error(format!("no message {id} in the queue")),
             },
             Request::Shape { top } => Response::Shape(self.shape(top)),

@@ -1,0 +1,209 @@
+//! What an administrator does every day, against a running daemon with deferred mail to
+//! several domains: the queue commands, sendmail(1) from a script, `queue run --once`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn send(d: &Daemon, from: &str, to: &str) -> String {
+    let out = swaks(
+        d.port,
+        &["--from", from, "--to", to, "--header", "Subject: operate"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = text
+        .split("queued as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("not queued: {text}"));
+    id.to_string()
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn all_tried(d: &Daemon, n: usize) -> bool {
+    let q = d.queue_json();
+    q.as_array().is_some_and(|l| {
+        l.len() == n
+            && l.iter()
+                .all(|m| m["recipients"][0]["tries"].as_u64().unwrap_or(0) >= 1)
+    })
+}
+
+#[test]
+fn queue_commands_against_a_running_daemon() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let d = Daemon::start(&format!(
+        "[routes]\n\"a.test\" = \"[127.0.0.1]:{pa}\"\n\"b.test\" = \"[127.0.0.1]:{pb}\"\n\
+         \"c.test\" = \"[127.0.0.1]:{pc}\"\n[delivery]\nbackoff = [\"1h\"]\n"
+    ));
+    let a1 = send(&d, "s1@src.test", "x@a.test");
+    let a2 = send(&d, "s2@src.test", "y@a.test");
+    let b1 = send(&d, "s3@src.test", "z@b.test");
+    let c1 = send(&d, "s4@src.test", "w@c.test");
+    wait_for("every message tried once", Duration::from_secs(30), || {
+        all_tried(&d, 4)
+    });
+
+    // list, human and JSON.
+    let text = ok(d.cli(&["queue", "list"]));
+    for id in [&a1, &a2, &b1, &c1] {
+        assert!(text.contains(id.as_str()), "{text}");
+    }
+    assert!(text.contains("x@a.test [deferred, "), "{text}");
+    assert!(
+        text.contains("Connection refused"),
+        "the last error is shown: {text}"
+    );
+    assert!(text.contains("-- 4 message(s), 4 recipient(s)"), "{text}");
+    // show: envelope, recipient state and the headers.
+    let text = ok(d.cli(&["queue", "show", &b1]));
+    assert!(text.contains("sender: <s3@src.test>"), "{text}");
+    assert!(
+        text.contains("recipient: <z@b.test> state=deferred tries=1"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: operate"), "{text}");
+    let shown: Value = serde_json::from_str(&ok(d.cli(&["queue", "--json", "show", &b1]))).unwrap();
+    assert_eq!(shown["recipients"][0]["state"], "deferred");
+    assert!(shown["recipients"][0]["last_error"].as_str().is_some());
+    // shape: domains by recipients.
+    let shape: Value = serde_json::from_str(&ok(d.cli(&["queue", "--json", "shape"]))).unwrap();
+    let rows: Vec<(String, u64)> = shape
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["domain"].as_str().unwrap().to_string(),
+                r["total"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("a.test".into(), 2),
+            ("b.test".into(), 1),
+            ("c.test".into(), 1)
+        ]
+    );
+
+    // hold: a held message is not delivered by a flush; release lets it go.
+    ok(d.cli(&["queue", "hold", &a2]));
+    let held: Value = serde_json::from_str(&ok(d.cli(&["queue", "--json", "show", &a2]))).unwrap();
+    assert_eq!(held["held"], true);
+    let sink_a = Sink::start_on(pa, &[]);
+    ok(d.cli(&["queue", "flush", "a.test"]));
+    wait_for(
+        "the unheld message at a.test",
+        Duration::from_secs(20),
+        || sink_a.messages().len() == 1,
+    );
+    assert_eq!(d.queued(), 3, "the held message stays");
+    ok(d.cli(&["queue", "release", &a2]));
+    wait_for("the released message", Duration::from_secs(20), || {
+        sink_a.messages().len() == 2
+    });
+    // delete: gone without a bounce.
+    ok(d.cli(&["queue", "delete", &c1]));
+    assert_eq!(d.queued(), 1);
+    // flush with no domain: everything.
+    let sink_b = Sink::start_on(pb, &[]);
+    ok(d.cli(&["queue", "flush"]));
+    wait_for("b.test's message", Duration::from_secs(20), || {
+        sink_b.messages().len() == 1
+    });
+    wait_for("an empty queue", Duration::from_secs(10), || {
+        d.queued() == 0
+    });
+    // Unknown ids are errors with a message, not silence.
+    let out = d.cli(&["queue", "show", "S000000000000000100"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no message"));
+}
+
+#[test]
+fn sendmail_t_from_a_script() {
+    let sink = Sink::start(&[]);
+    let d = Daemon::start(&format!(
+        "[routes]\n\"dst.test\" = \"[127.0.0.1]:{}\"\n",
+        sink.port
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postrider"))
+        .args(["sendmail", "-t", "-i", "-f", "cron@src.test"])
+        .env("POSTRIDER_CONFIG", &d.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"To: ops@dst.test\nCc: two@dst.test\nBcc: hidden@dst.test\nSubject: nightly\n\nall good\n.\nstill body\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the message at the sink", Duration::from_secs(20), || {
+        sink.messages().len() == 1
+    });
+    let rec = &sink.records()[0];
+    let mut rcpts: Vec<&str> = rec["rcpt_tos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["hidden@dst.test", "ops@dst.test", "two@dst.test"]);
+    assert_eq!(rec["mail_from"], "cron@src.test");
+    let text = sink.message_text(rec["file"].as_str().unwrap());
+    for h in ["Date: ", "Message-ID: <", "From: ", "Subject: nightly"] {
+        assert!(text.contains(h), "{h} missing:\n{text}");
+    }
+    assert!(!text.contains("hidden@dst.test"), "Bcc is removed:\n{text}");
+    assert!(
+        text.contains("\r\n.\r\n") || text.contains("\n.\n"),
+        "-i keeps a lone dot:\n{text}"
+    );
+}
+
+#[test]
+fn queue_run_once_delivers_with_the_daemon_stopped() {
+    let port = free_port();
+    let mut d = Daemon::start(&format!(
+        "[routes]\n\"dst.test\" = \"[127.0.0.1]:{port}\"\n[delivery]\nbackoff = [\"1h\"]\n"
+    ));
+    send(&d, "a@src.test", "r@dst.test");
+    send(&d, "b@src.test", "r@dst.test");
+    wait_for("both tried", Duration::from_secs(30), || all_tried(&d, 2));
+    let status = d.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    let sink = Sink::start_on(port, &[]);
+    ok(d.cli(&["queue", "run", "--once"]));
+    assert_eq!(
+        sink.messages().len(),
+        2,
+        "delivered before run --once returned"
+    );
+    assert_eq!(d.queued(), 0, "and recorded in the spool");
+}
