@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod deliver;
 mod dsn;
+mod metrics;
 mod queue;
 mod sendmail;
 mod serve;

@@ -62,7 +62,8 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(server::tls_acceptor(c, k)?),
         _ => None,
     };
-    let (mut manager, queue) = queue_manager(&cfg, &spool)?;
+    let counters = Arc::new(crate::metrics::Counters::default());
+    let (mut manager, queue) = queue_manager(&cfg, &spool, &counters)?;
     manager.recover(recovery.messages, recovery.schedules);
 
     let shutdown = CancellationToken::new();
@@ -78,7 +79,29 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
             cfg.smtp.max_connections,
             cfg.smtp.max_connections_per_client,
         ),
+        counters: counters.clone(),
     });
+    let metrics = match cfg.control.metrics {
+        Some(addr) => {
+            let sources = crate::metrics::Sources {
+                queue: queue.clone(),
+                spool: spool.clone(),
+                limits: ctx.limits.clone(),
+                counters: counters.clone(),
+            };
+            // Bind now so a bad address is an error at start, not a silent absence.
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("control.metrics: cannot listen on {addr}"))?;
+            info!("metrics on http://{addr}/metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                sources,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let qm_shutdown = CancellationToken::new();
     let qm = tokio::spawn(manager.run(qm_shutdown.clone()));
     let control = tokio::spawn(crate::control::serve(
@@ -113,6 +136,9 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         warn!("deliveries still running after {SHUTDOWN_GRACE:?}; they will be retried");
     }
     let _ = control.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     spool.shutdown().await;
     info!("stopped");
     Ok(())
@@ -129,7 +155,11 @@ async fn wait_for_signal() {
 }
 
 /// The resolver, delivery agent and queue manager, as `serve` and `queue run --once` use them.
-fn queue_manager(cfg: &Config, spool: &spool::Spool) -> anyhow::Result<(Manager, QueueHandle)> {
+fn queue_manager(
+    cfg: &Config,
+    spool: &spool::Spool,
+    counters: &Arc<crate::metrics::Counters>,
+) -> anyhow::Result<(Manager, QueueHandle)> {
     let resolver =
         resolver::Resolver::new(resolver_config(cfg)).context("setting up the resolver")?;
     let deliverer = Arc::new(Deliverer {
@@ -138,6 +168,7 @@ fn queue_manager(cfg: &Config, spool: &spool::Spool) -> anyhow::Result<(Manager,
         settings: client_settings(cfg),
         source_address: cfg.delivery.source_address,
         max_queue_time: cfg.delivery.max_queue_time,
+        counters: counters.clone(),
     });
     Ok(Manager::new(
         spool.clone(),
@@ -149,6 +180,7 @@ fn queue_manager(cfg: &Config, spool: &spool::Spool) -> anyhow::Result<(Manager,
             max_queue_time: cfg.delivery.max_queue_time,
             delivery_enabled: cfg.delivery.enabled,
             hostname: cfg.hostname.clone(),
+            counters: counters.clone(),
             dsn: crate::queue::bounce::Policy {
                 delay_warning: cfg.delivery.delay_warning,
                 postmaster: match cfg.local.domains.first() {
@@ -179,7 +211,8 @@ pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
             Err(e) => return Err(e).context(format!("opening the spool {}", cfg.spool.display())),
         };
         info!("spool {}: {}", cfg.spool.display(), recovery.report);
-        let (mut manager, _queue) = queue_manager(&cfg, &spool)?;
+        let counters = Arc::new(crate::metrics::Counters::default());
+        let (mut manager, _queue) = queue_manager(&cfg, &spool, &counters)?;
         manager.recover(recovery.messages, recovery.schedules);
         manager.run_once().await;
         spool.shutdown().await;

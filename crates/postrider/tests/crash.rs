@@ -170,6 +170,70 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     );
 }
 
+#[test]
+fn sigterm_under_load_exits_in_time_and_loses_nothing() {
+    // Deliveries go to a slow sink, so SIGTERM also finds attempts in flight.
+    let sink = Sink::start(&["--delay", "0.05"]);
+    let mut d = Daemon::start(&format!(
+        "[routes]\n\"*\" = \"[127.0.0.1]:{}\"\n[delivery]\nbackoff = [\"1h\"]\n",
+        sink.port
+    ));
+    let port = d.port;
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let sender = format!("term-{t}-{n}@src.test");
+                    n += 1;
+                    if send_tracked(port, &sender, 2000) {
+                        acked.lock().unwrap().insert(sender);
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("load to make progress", Duration::from_secs(30), || {
+        acked.lock().unwrap().len() >= 100
+    });
+    let started = std::time::Instant::now();
+    // The grace period is 20s; give the exit 5s more.
+    let status = d.terminate(Duration::from_secs(25));
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(status.success(), "exit status {status}");
+    // Every acknowledged message is either in the spool or already at the sink.
+    d.restart();
+    let spooled = spool_senders(&d);
+    let delivered: HashSet<String> = sink
+        .records()
+        .iter()
+        .filter_map(|r| r["mail_from"].as_str().map(str::to_owned))
+        .collect();
+    let acked = acked.lock().unwrap();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|s| !spooled.contains_key(*s) && !delivered.contains(*s))
+        .collect();
+    eprintln!(
+        "sigterm test: exit after {took:?}, {} acknowledged, {} delivered, {} still queued, {} missing",
+        acked.len(),
+        delivered.len(),
+        spooled.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged messages lost: {missing:?}"
+    );
+}
+
 /// A small tmpfs for the spool, removed on drop.
 struct Tmpfs {
     dir: tempfile::TempDir,

@@ -207,3 +207,66 @@ fn queue_run_once_delivers_with_the_daemon_stopped() {
     );
     assert_eq!(d.queued(), 0, "and recorded in the spool");
 }
+
+/// `GET /metrics`, parsed into name{labels} -> value.
+fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_match_the_queue() {
+    let sink = Sink::start(&[]);
+    let (pa, pb) = (free_port(), free_port());
+    let mport = free_port();
+    let d = Daemon::start(&format!(
+        "[routes]\n\"a.test\" = \"[127.0.0.1]:{pa}\"\n\"b.test\" = \"[127.0.0.1]:{pb}\"\n\
+         \"ok.test\" = \"[127.0.0.1]:{}\"\n[delivery]\nbackoff = [\"1h\"]\n\
+         [control]\nmetrics = \"127.0.0.1:{mport}\"\n",
+        sink.port
+    ));
+    send(&d, "s@src.test", "x@a.test");
+    send(&d, "s@src.test", "y@a.test");
+    let held = send(&d, "s@src.test", "z@b.test");
+    send(&d, "s@src.test", "fine@ok.test");
+    wait_for("the delivery to ok.test", Duration::from_secs(20), || {
+        sink.messages().len() == 1
+    });
+    wait_for("the deferrals", Duration::from_secs(20), || {
+        all_tried(&d, 3)
+    });
+    ok(d.cli(&["queue", "hold", &held]));
+    let m = scrape(mport);
+    let q = d.queue_json();
+    let queued = q.as_array().unwrap().len() as f64;
+    assert_eq!(m["postrider_queue_messages"], queued);
+    assert_eq!(m["postrider_queue_messages"], 3.0);
+    assert_eq!(m["postrider_queue_deferred_recipients"], 3.0);
+    assert_eq!(m["postrider_queue_held_messages"], 1.0);
+    assert_eq!(m["postrider_messages_received_total"], 4.0);
+    assert_eq!(m["postrider_deliveries_total{outcome=\"delivered\"}"], 1.0);
+    assert!(m["postrider_deliveries_total{outcome=\"deferred\"}"] >= 3.0);
+    assert_eq!(m["postrider_deliveries_total{outcome=\"failed\"}"], 0.0);
+    assert!(m["postrider_domain_backoff_level{level=\"1\"}"] >= 1.0);
+    assert!(m["postrider_spool_commits_total"] >= 4.0);
+    assert!(m["postrider_spool_fsyncs_total"] >= 1.0);
+    assert_eq!(
+        m["postrider_spool_batch_size_count"],
+        m["postrider_spool_batch_size_bucket{le=\"+Inf\"}"]
+    );
+    assert_eq!(m["postrider_connections_out"], 0.0);
+    assert!(m["postrider_dns_lookups_total"] >= 4.0);
+}

@@ -178,6 +178,40 @@ pub struct Stats {
     pub updates: std::sync::atomic::AtomicU64,
     /// fdatasync calls on the log; commits / fsyncs is the group-commit factor.
     pub fsyncs: std::sync::atomic::AtomicU64,
+    /// Requests per group commit: counts per power-of-two bucket (1, 2, 4 ... 512).
+    batch_buckets: [std::sync::atomic::AtomicU64; 10],
+    batch_sum: std::sync::atomic::AtomicU64,
+    batch_count: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn record_batch(&self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = (usize::BITS - n.max(1).saturating_sub(1).leading_zeros()) as usize;
+        self.batch_buckets[i.min(9)].fetch_add(1, Relaxed);
+        self.batch_sum.fetch_add(n as u64, Relaxed);
+        self.batch_count.fetch_add(1, Relaxed);
+    }
+
+    /// Cumulative (upper bound, count) pairs, the sum and the count: a Prometheus histogram.
+    pub fn batch_histogram(&self) -> (Vec<(u64, u64)>, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut acc = 0;
+        let buckets = self
+            .batch_buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                acc += b.load(Relaxed);
+                (1u64 << i, acc)
+            })
+            .collect();
+        (
+            buckets,
+            self.batch_sum.load(Relaxed),
+            self.batch_count.load(Relaxed),
+        )
+    }
 }
 
 /// Where readers find content; written by the writer thread, read by deliveries.

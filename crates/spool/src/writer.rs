@@ -156,6 +156,7 @@ impl Writer {
 
     /// Returns true when asked to shut down.
     fn process(&mut self, batch: Vec<Request>) -> bool {
+        self.stats.record_batch(batch.len());
         let mut buf = Vec::with_capacity(64 * 1024);
         // (request index, record offset in buf, inline content offset)
         let mut placed: Vec<Option<u64>> = Vec::with_capacity(batch.len());

@@ -15,12 +15,26 @@ use crate::queue::manager::QueueHandle;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     List,
-    Show { id: String },
-    Shape { top: usize },
-    Flush { domain: Option<String> },
-    Hold { id: String },
-    Release { id: String },
-    Delete { id: String },
+    Show {
+        id: String,
+    },
+    Shape {
+        top: usize,
+    },
+    Flush {
+        domain: Option<String>,
+    },
+    Hold {
+        id: String,
+    },
+    Release {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+    /// Queue gauges for the metrics endpoint.
+    Stats,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +44,7 @@ pub enum Response {
     Message(MessageInfo),
     Shape(Vec<ShapeRow>),
     Done(String),
+    Stats(crate::metrics::QueueStats),
     Error { message: String },
 }
 

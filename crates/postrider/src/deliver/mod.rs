@@ -24,6 +24,8 @@ pub struct JobMessage {
     pub envid: Option<String>,
     pub ret: Option<DsnRet>,
     pub size: u64,
+    /// Unix seconds, for the delay in the logs.
+    pub arrival: u64,
     /// Older than `delivery.max_queue_time`: fail without trying.
     pub expired: bool,
     pub recipients: Vec<JobRecipient>,
@@ -96,6 +98,25 @@ pub struct Deliverer {
     pub settings: ClientSettings,
     pub source_address: Option<IpAddr>,
     pub max_queue_time: std::time::Duration,
+    pub counters: std::sync::Arc<crate::metrics::Counters>,
+}
+
+/// Counts an open outbound connection for as long as it lives.
+struct OutConn<'a>(&'a crate::metrics::Counters);
+
+impl<'a> OutConn<'a> {
+    fn new(c: &'a crate::metrics::Counters) -> Self {
+        crate::metrics::Counters::inc(&c.connections_out);
+        OutConn(c)
+    }
+}
+
+impl Drop for OutConn<'_> {
+    fn drop(&mut self) {
+        self.0
+            .connections_out
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn all(msg: &JobMessage, outcome: &RcptOutcome) -> impl Iterator<Item = RcptResult> {
@@ -115,6 +136,16 @@ impl Deliverer {
             .iter()
             .flat_map(|m| m.recipients.iter().map(move |r| ((m.id, r.index), r.tries)))
             .collect();
+        // For the log lines: who each result is about, and how long the message has waited.
+        let who: std::collections::HashMap<(TxnId, u16), (String, u64)> = attempt
+            .messages
+            .iter()
+            .flat_map(|m| {
+                m.recipients
+                    .iter()
+                    .map(move |r| ((m.id, r.index), (r.address.clone(), m.arrival)))
+            })
+            .collect();
         let mut results = Vec::new();
         let (expired, live): (Vec<JobMessage>, Vec<JobMessage>) =
             attempt.messages.into_iter().partition(|m| m.expired);
@@ -127,7 +158,14 @@ impl Deliverer {
             results.extend(all(m, &outcome));
         }
         if !live.is_empty() {
-            match self.resolver.resolve(&attempt.domain_name).await {
+            let started = std::time::Instant::now();
+            let resolved = self.resolver.resolve(&attempt.domain_name).await;
+            crate::metrics::Counters::inc(&self.counters.dns_lookups);
+            self.counters.dns_micros.fetch_add(
+                started.elapsed().as_micros() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            match resolved {
                 Err(f) => {
                     let outcome = if f.permanent {
                         RcptOutcome::Failed {
@@ -148,8 +186,22 @@ impl Deliverer {
             }
         }
         self.record(&results, &tries).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         for r in &results {
-            log_result(&attempt.domain_name, r);
+            let (to, arrival) = who
+                .get(&(r.id, r.index))
+                .map(|(a, t)| (a.as_str(), *t))
+                .unwrap_or(("?", now));
+            log_result(&attempt.domain_name, r, to, now.saturating_sub(arrival));
+            let c = &self.counters;
+            crate::metrics::Counters::inc(match r.outcome {
+                RcptOutcome::Delivered { .. } => &c.delivered,
+                RcptOutcome::Deferred { .. } => &c.deferred,
+                RcptOutcome::Failed { .. } => &c.failed,
+            });
         }
         AttemptReport {
             domain: attempt.domain,
@@ -202,6 +254,7 @@ impl Deliverer {
                     continue;
                 }
             };
+            let _counted = OutConn::new(&self.counters);
             let mut first = true;
             while let Some(msg) = pending.front() {
                 if !first && let Err(e) = client.rset().await {
@@ -291,18 +344,31 @@ impl Deliverer {
     }
 }
 
-fn log_result(domain: &str, r: &RcptResult) {
+/// The enhanced status code in a reply, or `CLASS.0.0`.
+fn dsn_code(reply: &str, class: &str) -> String {
+    let s = crate::dsn::status_of(reply, true);
+    if s.starts_with(class) || class != "2" && !s.starts_with('2') {
+        s
+    } else {
+        format!("{class}.0.0")
+    }
+}
+
+/// One line per recipient result: what an administrator greps for by queue id.
+fn log_result(domain: &str, r: &RcptResult, to: &str, delay: u64) {
+    let rcpt_id = r.id.rcpt_id(r.index);
     match &r.outcome {
-        RcptOutcome::Delivered { relay, reply, .. } => {
-            info!(queue_id = %r.id, rcpt_id = %r.id.rcpt_id(r.index), domain, relay, status = "sent", reply, "delivered")
-        }
+        RcptOutcome::Delivered { relay, reply, .. } => info!(
+            queue_id = %r.id, %rcpt_id, to, domain, relay, delay, dsn = %dsn_code(reply, "2"),
+            status = "sent", reply, "delivered"
+        ),
         RcptOutcome::Deferred { relay, reply } => info!(
-            queue_id = %r.id, rcpt_id = %r.id.rcpt_id(r.index), domain, relay = relay.as_deref().unwrap_or("none"),
-            status = "deferred", reply, "deferred"
+            queue_id = %r.id, %rcpt_id, to, domain, relay = relay.as_deref().unwrap_or("none"), delay,
+            dsn = %dsn_code(reply, "4"), status = "deferred", reply, "deferred"
         ),
         RcptOutcome::Failed { relay, reply } => info!(
-            queue_id = %r.id, rcpt_id = %r.id.rcpt_id(r.index), domain, relay = relay.as_deref().unwrap_or("none"),
-            status = "bounced", reply, "failed"
+            queue_id = %r.id, %rcpt_id, to, domain, relay = relay.as_deref().unwrap_or("none"), delay,
+            dsn = %dsn_code(reply, "5"), status = "bounced", reply, "failed"
         ),
     }
 }

@@ -151,6 +151,7 @@ fn print(resp: Response, json: bool) -> ExitCode {
             Response::Message(m) => serde_json::to_value(m),
             Response::Shape(s) => serde_json::to_value(s),
             Response::Done(d) => Ok(serde_json::json!({ "ok": d })),
+            Response::Stats(s) => serde_json::to_value(s),
             Response::Error { message } => Ok(serde_json::json!({ "error": message })),
         };
         match value.and_then(|v| serde_json::to_string_pretty(&v)) {
@@ -245,6 +246,10 @@ fn print(resp: Response, json: bool) -> ExitCode {
         }
         Response::Done(msg) => {
             println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Response::Stats(s) => {
+            println!("{s:?}");
             ExitCode::SUCCESS
         }
         Response::Error { message } => {

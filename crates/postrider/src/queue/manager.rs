@@ -83,6 +83,7 @@ pub struct Settings {
     pub delivery_enabled: bool,
     /// Our name, for DSNs.
     pub hostname: String,
+    pub counters: Arc<crate::metrics::Counters>,
     pub dsn: super::bounce::Policy,
 }
 
@@ -248,6 +249,7 @@ impl Manager {
                     }
                 }
                 tracing::info!(queue_id = %id, dsn = %benv.id, to = %benv.recipients[0].address, "sender notified");
+                crate::metrics::Counters::inc(&self.settings.counters.dsn_sent);
                 let size = bref.len();
                 self.insert(benv, bref, size, true, Instant::now());
                 if let Some(u) = self.settle(id) {
@@ -359,6 +361,7 @@ impl Manager {
                     envid: m.env.envid.clone(),
                     ret: m.env.ret,
                     size: m.size,
+                    arrival: m.env.arrival,
                     expired: unow.saturating_sub(m.env.arrival) > max_age,
                     recipients: rcpts
                         .into_iter()
@@ -519,6 +522,7 @@ impl Manager {
                 None => Response::error(format!("no message {id} in the queue")),
             },
             Request::Shape { top } => Response::Shape(self.shape(top)),
+            Request::Stats => Response::Stats(self.stats()),
             Request::Flush { domain } => {
                 let now = Instant::now();
                 let ids: Vec<DomainId> = match &domain {
@@ -606,6 +610,31 @@ impl Manager {
     }
 
     /// Domains by pending recipients across age buckets (minutes), like Postfix's qshape.
+    /// Gauges for the metrics endpoint; O(queue), asked once per scrape.
+    fn stats(&self) -> crate::metrics::QueueStats {
+        let mut s = crate::metrics::QueueStats {
+            messages: self.messages.len() as u64,
+            attempts_in_flight: self.sched.in_flight() as u64,
+            ..Default::default()
+        };
+        for m in self.messages.values() {
+            s.held_messages += u64::from(m.env.held);
+            for r in &m.env.recipients {
+                s.recipients_open += u64::from(!r.state.is_final());
+                s.deferred_recipients += u64::from(r.state == RcptState::Deferred);
+            }
+        }
+        for (_, _, _, level) in self.sched.domains() {
+            s.domains += 1;
+            let l = level as usize;
+            if s.backoff_levels.len() <= l {
+                s.backoff_levels.resize(l + 1, 0);
+            }
+            s.backoff_levels[l] += 1;
+        }
+        s
+    }
+
     fn shape(&self, top: usize) -> Vec<ShapeRow> {
         const BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
         let unow = unix_now();

@@ -45,7 +45,7 @@ impl ConnLimits {
         }
     }
 
-    #[cfg(test)]
+    /// Connections open now.
     pub fn open(&self) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).total
     }

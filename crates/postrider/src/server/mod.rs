@@ -36,6 +36,7 @@ pub struct Ctx {
     pub tls: Option<TlsAcceptor>,
     pub shutdown: CancellationToken,
     pub limits: ConnLimits,
+    pub counters: Arc<crate::metrics::Counters>,
 }
 
 impl Ctx {

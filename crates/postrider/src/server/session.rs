@@ -655,6 +655,7 @@ impl Session {
                     "received"
                 );
                 let id = env.id;
+                crate::metrics::Counters::inc(&self.ctx.counters.received);
                 self.ctx.queue.arrived(env, mref, size).await;
                 reply(250, "2.0.0", &format!("Ok: queued as {id}"))
             }

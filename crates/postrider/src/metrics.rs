@@ -1,0 +1,265 @@
+//! The Prometheus text endpoint on `control.metrics`. Counters live with the component that
+//! counts (sessions, deliveries, the spool writer); queue gauges are asked of the queue
+//! manager, their owner, at scrape time. The HTTP side is the minimum Prometheus needs:
+//! `GET /metrics` over HTTP/1.x, one response per connection.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{Request, Response};
+use crate::queue::manager::QueueHandle;
+use crate::server::limits::ConnLimits;
+
+/// Event counters, shared by the components that count.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub failed: AtomicU64,
+    pub dsn_sent: AtomicU64,
+    /// Outbound SMTP/LMTP connections open now.
+    pub connections_out: AtomicU64,
+    pub dns_lookups: AtomicU64,
+    /// Total microseconds spent in destination lookups.
+    pub dns_micros: AtomicU64,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The queue gauges the manager reports at scrape time.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct QueueStats {
+    pub messages: u64,
+    pub recipients_open: u64,
+    pub deferred_recipients: u64,
+    pub held_messages: u64,
+    pub domains: u64,
+    pub attempts_in_flight: u64,
+    /// Domains at each backoff level (index = level).
+    pub backoff_levels: Vec<u64>,
+}
+
+pub struct Sources {
+    pub queue: QueueHandle,
+    pub spool: spool::Spool,
+    pub limits: ConnLimits,
+    pub counters: Arc<Counters>,
+}
+
+/// Appends one metric with its HELP and TYPE lines.
+fn metric(out: &mut String, kind: &str, name: &str, help: &str, v: u64) {
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+    );
+}
+
+/// Renders every metric in the Prometheus text format.
+pub async fn render(s: &Sources) -> String {
+    let q = match s.queue.control(Request::Stats).await {
+        Response::Stats(q) => q,
+        _ => QueueStats::default(),
+    };
+    let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "gauge",
+        "postrider_queue_messages",
+        "Messages in the queue.",
+        q.messages,
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "postrider_queue_recipients",
+        "Recipients not yet delivered or failed.",
+        q.recipients_open,
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "postrider_queue_deferred_recipients",
+        "Recipients whose last attempt failed temporarily.",
+        q.deferred_recipients,
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "postrider_queue_held_messages",
+        "Messages on hold.",
+        q.held_messages,
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "postrider_queue_domains",
+        "Destination domains with pending mail.",
+        q.domains,
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "postrider_delivery_attempts_in_flight",
+        "Domains being delivered to now.",
+        q.attempts_in_flight,
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "postrider_connections_in",
+        "Open SMTP client connections.",
+        s.limits.open() as u64,
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "postrider_connections_out",
+        "Open outbound SMTP/LMTP connections.",
+        s.counters.connections_out.load(Ordering::Relaxed),
+    );
+    let _ = write!(
+        out,
+        "# HELP postrider_domain_backoff_level Domains at each retry level.\n# TYPE postrider_domain_backoff_level gauge\n"
+    );
+    for (level, n) in q.backoff_levels.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "postrider_domain_backoff_level{{level=\"{level}\"}} {n}"
+        );
+    }
+    let c = &s.counters;
+    metric(
+        &mut out,
+        "counter",
+        "postrider_messages_received_total",
+        "Messages accepted (250 after DATA).",
+        c.received.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "postrider_dsn_sent_total",
+        "DSNs queued.",
+        c.dsn_sent.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "postrider_dns_lookups_total",
+        "Destination lookups.",
+        c.dns_lookups.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "postrider_dns_lookup_seconds_total",
+        "Time spent in destination lookups.",
+        c.dns_micros.load(Ordering::Relaxed) / 1_000_000,
+    );
+    let st = s.spool.stats();
+    metric(
+        &mut out,
+        "counter",
+        "postrider_spool_commits_total",
+        "Messages made durable.",
+        st.commits.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "postrider_spool_fsyncs_total",
+        "fdatasync calls on the spool log.",
+        st.fsyncs.load(Ordering::Relaxed),
+    );
+    let _ = write!(
+        out,
+        "# HELP postrider_deliveries_total Recipient delivery results.\n# TYPE postrider_deliveries_total counter\n"
+    );
+    for (outcome, v) in [
+        ("delivered", &c.delivered),
+        ("deferred", &c.deferred),
+        ("failed", &c.failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "postrider_deliveries_total{{outcome=\"{outcome}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP postrider_spool_batch_size Requests per group commit.\n# TYPE postrider_spool_batch_size histogram\n"
+    );
+    let (buckets, sum, count) = st.batch_histogram();
+    for (le, n) in buckets {
+        let _ = writeln!(out, "postrider_spool_batch_size_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "postrider_spool_batch_size_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(out, "postrider_spool_batch_size_sum {sum}");
+    let _ = writeln!(out, "postrider_spool_batch_size_count {count}");
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    sources: Sources,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let sources = Arc::new(sources);
+    loop {
+        let (mut sock, _) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let mut req = Vec::with_capacity(512);
+            let mut buf = [0u8; 1024];
+            // A scraper sends a few hundred bytes; anything slow or large is dropped.
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let line = req.split(|&b| b == b'\r').next().unwrap_or_default();
+            let (status, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+                ("200 OK", render(&sources).await)
+            } else {
+                (
+                    "404 Not Found",
+                    "only /metrics is served here\n".to_string(),
+                )
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
