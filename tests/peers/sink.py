@@ -124,6 +124,7 @@ class Handler:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--out", required=True)
     p.add_argument("--rcpt-reply", action="append", default=[])
     p.add_argument("--data-reply")
@@ -163,7 +164,7 @@ def main():
             return Server(self.handler, hostname="sink.test", enable_SMTPUTF8=True)
 
     # A loaded test machine can take a while to bring the server up.
-    ctl = Ctl(handler, hostname="127.0.0.1", port=args.port, ready_timeout=30)
+    ctl = Ctl(handler, hostname=args.host, port=args.port, ready_timeout=30)
     ctl.start()
     # Controller.start() opens one connection of its own to check the server is up.
     deadline = time.time() + 5

@@ -206,3 +206,119 @@ fn smtp_sink_with_and_without_pipelining() {
         drop(sink);
     }
 }
+
+/// Total tries recorded for every recipient in the queue, and the last errors.
+fn queue_errors(d: &Daemon) -> Vec<String> {
+    d.queue_json()
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .flat_map(|m| m["recipients"].as_array().cloned().unwrap_or_default())
+                .map(|r| r["last_error"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_refusing_or_unreachable_mx_sends_us_to_the_next() {
+    // MX 5: nothing listens; MX 10: greets 554; MX 20: accepts. A 550 to every recipient
+    // is an answer about the recipients, not a reason to try another host.
+    let a = Sink::start_at(
+        "127.0.0.2",
+        0,
+        &["--greeting", "554 5.3.2 not accepting mail"],
+    );
+    let port = a.port;
+    let b = Sink::start_at("127.0.0.3", port, &[]);
+    let r = Sink::start_at(
+        "127.0.0.5",
+        port,
+        &["--rcpt-reply", "@=550 5.1.1 no such user"],
+    );
+    let dns = Dnsmasq::start(&[
+        "--host-record=down.test,127.0.0.4",
+        "--host-record=a.test,127.0.0.2",
+        "--host-record=b.test,127.0.0.3",
+        "--host-record=r.test,127.0.0.5",
+        "--mx-host=two.test,down.test,5",
+        "--mx-host=two.test,a.test,10",
+        "--mx-host=two.test,b.test,20",
+        "--mx-host=rej.test,r.test,10",
+        "--mx-host=rej.test,b.test,20",
+    ]);
+    let d = Daemon::start(&format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[delivery]\nport = {port}\nipv6 = false\n\
+         backoff = [\"1h\"]\n",
+        dns.port
+    ));
+    send(&d, "r@two.test");
+    wait_for(
+        "delivery through the third MX",
+        Duration::from_secs(30),
+        || b.messages().len() == 1,
+    );
+    assert_eq!(a.stats()["connections"], 1, "the 554 host was tried once");
+    send(&d, "x@rej.test");
+    wait_for("the rejection to be final", Duration::from_secs(30), || {
+        d.log().contains("550 5.1.1 no such user")
+    });
+    wait_for("the queue to empty", Duration::from_secs(20), || {
+        d.queued() == 0
+    });
+    assert_eq!(b.messages().len(), 1, "no retry of a 550 at the next MX");
+    drop(r);
+}
+
+#[test]
+fn a_dropped_connection_defers_the_rest_of_the_batch() {
+    let port = free_port();
+    let d = Daemon::start(&route_to(port, ""));
+    for i in 0..5 {
+        send(&d, &format!("r{i}@dst.test"));
+    }
+    wait_for("five deferred", Duration::from_secs(30), || {
+        queue_errors(&d).iter().filter(|e| !e.is_empty()).count() == 5
+    });
+    // The server closes the connection at the third RCPT of a session.
+    let flaky = Sink::start_on(port, &["--drop-after-rcpt", "3"]);
+    let out = d.cli(&["queue", "flush"]);
+    assert!(out.status.success());
+    wait_for(
+        "two delivered, the rest deferred again",
+        Duration::from_secs(30),
+        || flaky.messages().len() == 2 && d.queued() == 3,
+    );
+    let errors = queue_errors(&d);
+    assert!(
+        errors.iter().all(|e| e.starts_with("4.")),
+        "a broken connection is a temporary failure: {errors:?}"
+    );
+    drop(flaky);
+    let ok = Sink::start_on(port, &[]);
+    let out = d.cli(&["queue", "flush"]);
+    assert!(out.status.success());
+    wait_for("the rest delivered", Duration::from_secs(30), || {
+        ok.messages().len() == 3
+    });
+    wait_for("the queue to empty", Duration::from_secs(20), || {
+        d.queued() == 0
+    });
+}
+
+#[test]
+fn a_slow_server_times_out_and_the_mail_is_kept() {
+    let slow = Sink::start(&["--delay", "5"]);
+    let d = Daemon::start(&route_to(slow.port, "data_done_timeout = \"1s\"\n"));
+    send(&d, "r@dst.test");
+    wait_for("the attempt to time out", Duration::from_secs(30), || {
+        queue_errors(&d)
+            .iter()
+            .any(|e| e.contains("timeout") || e.contains("timed out"))
+    });
+    assert_eq!(
+        d.queued(),
+        1,
+        "the message stays queued for the next attempt"
+    );
+}

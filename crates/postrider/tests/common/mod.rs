@@ -226,10 +226,15 @@ impl Sink {
     /// A sink on a given port (a destination that was down comes up); 0 lets the kernel
     /// choose.
     pub fn start_on(port: u16, args: &[&str]) -> Sink {
+        Sink::start_at("127.0.0.1", port, args)
+    }
+
+    /// A sink on another loopback address (127.0.0.2 ...), for destinations with several hosts.
+    pub fn start_at(host: &str, port: u16, args: &[&str]) -> Sink {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(PYTHON)
             .arg(repo_root().join("tests/peers/sink.py"))
-            .args(["--port", &port.to_string(), "--out"])
+            .args(["--host", host, "--port", &port.to_string(), "--out"])
             .arg(dir.path())
             .args(args)
             .stdout(Stdio::piped())
