@@ -3,6 +3,7 @@
 
     bench/bench.py receive   # smtp-source -> MTA (postrider with delivery off; Postfix relaying)
     bench/bench.py relay     # smtp-source -> MTA -> smtp-sink, until the last message arrives
+    bench/bench.py connection  # 10,000 queued messages drained over one connection
     bench/bench.py all
 
 Needs root (perf counts fsync system-wide), Postfix (smtp-source, smtp-sink, postfix) and a
@@ -224,6 +225,84 @@ def relay_case(mta_factory, sink, n, conc, size):
         mta.stop()
 
 
+def domains_case(mta_factory, sink, n, conc, size, domains=100):
+    """n messages spread over `domains` recipient domains: one smtp-source per domain, at
+    most `conc` of them at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    mta = mta_factory(sink)
+    try:
+        base = sink.count
+        watch = RssWatch(mta)
+        start = time.time()
+        per = n // domains
+
+        def one(i):
+            cmd = ["smtp-source", "-m", str(per), "-s", "1", "-l", str(size), "-f", "bench@src.test",
+                   "-t", f"rcpt@d{i}.test", f"127.0.0.1:{mta.port}"]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        with ThreadPoolExecutor(conc) as pool:
+            list(pool.map(one, range(domains)))
+        ok = sink.wait(base + per * domains)
+        t = time.time() - start
+        rss = watch.stop()
+        return {"rate": per * domains / t if ok else 0.0, "rss_mb": rss / 1024}
+    finally:
+        mta.stop()
+
+
+def one_connection_case(sink, n=10000):
+    """n queued 1 KB messages for one domain drained over one connection: postrider
+    (messages_per_connection = n) and Postfix's smtp client (destination concurrency 1,
+    connection cache) from a full queue to the last message at the sink."""
+    res = {}
+    # postrider: queue with delivery off, restart with delivery on.
+    mta = Postrider("[delivery]\nenabled = false\n")
+    try:
+        subprocess.run(source(mta.port, n, 10, 1024), check=True)
+        cfg = os.path.join(mta.dir, "postrider.toml")
+        text = open(cfg).read().replace("[delivery]\nenabled = false\n",
+                                        f'[routes]\n"*" = "[127.0.0.1]:{sink.port}"\n'
+                                        f"[delivery]\nmessages_per_connection = {n}\n")
+        open(cfg, "w").write(text)
+        mta.proc.send_signal(signal.SIGTERM)
+        mta.proc.wait(30)
+        base = sink.count
+        start = time.time()
+        mta.proc = subprocess.Popen([BIN, "serve", "-c", cfg], stdout=subprocess.DEVNULL,
+                                    stderr=open(os.path.join(mta.dir, "log2"), "w"))
+        ok = sink.wait(base + n)
+        res["postrider"] = n / (time.time() - start) if ok else 0.0
+    finally:
+        mta.stop()
+    pf = Postfix(sink.port)
+    try:
+        etc = os.path.join(pf.dir, "etc")
+        subprocess.run(["postconf", "-c", etc, "-e", "defer_transports = smtp",
+                        "smtp_destination_concurrency_limit = 1",
+                        "default_destination_concurrency_limit = 1"], check=True)
+        subprocess.run(["postfix", "-c", etc, "reload"], check=True, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        subprocess.run(source(pf.port, n, 10, 1024), check=True)
+        # Wait until everything is queued (deferred), then let it go.
+        end = time.time() + 300
+        while time.time() < end:
+            out = subprocess.run(["postqueue", "-c", etc, "-j"], capture_output=True, text=True).stdout
+            if len(out.splitlines()) >= n:
+                break
+            time.sleep(0.5)
+        subprocess.run(["postconf", "-c", etc, "-e", "defer_transports ="], check=True)
+        subprocess.run(["postfix", "-c", etc, "reload"], check=True, stderr=subprocess.DEVNULL)
+        base = sink.count
+        start = time.time()
+        subprocess.run(["postqueue", "-c", etc, "-f"], check=True)
+        ok = sink.wait(base + n)
+        res["postfix"] = n / (time.time() - start) if ok else 0.0
+    finally:
+        pf.stop()
+    return res
+
+
 def latency_case(mta_factory, sink, n=200):
     """Median time from the 250 after DATA to the message's arrival at the sink, concurrency 1."""
     import smtplib
@@ -289,9 +368,24 @@ def main():
                 pf = relay_case(pf_factory, sink, n, conc, size)
                 print(f"| {size} | {conc} | 1 | {n} | {pr['rate']:.0f} | {pf['rate']:.0f} | {pr['rate'] / max(pf['rate'], 1e-9):.2f} | "
                       f"{pr['rss_mb']:.1f} | {pf['rss_mb']:.1f} |", flush=True)
+        for size in (1024,):
+            for conc in (10, 50):
+                pr = domains_case(pr_factory, sink, 10000, conc, size)
+                pf = domains_case(pf_factory, sink, 10000, conc, size)
+                print(f"| {size} | {conc} | 100 | 10000 | {pr['rate']:.0f} | {pf['rate']:.0f} | "
+                      f"{pr['rate'] / max(pf['rate'], 1e-9):.2f} | {pr['rss_mb']:.1f} | {pf['rss_mb']:.1f} |",
+                      flush=True)
         pr_lat = latency_case(pr_factory, sink)
         pf_lat = latency_case(pf_factory, sink)
         print(f"\nMedian latency from 250 to arrival at concurrency 1: postrider {pr_lat:.2f} ms, Postfix {pf_lat:.2f} ms")
+        sink.stop()
+    if what in ("connection", "all"):
+        sink = Sink()
+        r = one_connection_case(sink)
+        print("\n## One connection, 10,000 queued 1 KB messages to smtp-sink\n")
+        print("| postrider msg/s | Postfix msg/s (destination concurrency 1, connection cache) | ratio |")
+        print("|---|---|---|")
+        print(f"| {r['postrider']:.0f} | {r['postfix']:.0f} | {r['postrider'] / max(r['postfix'], 1e-9):.2f} |")
         sink.stop()
 
 
