@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => match load_config(cli.config.as_deref()) {
-            Ok(cfg) => match serve::run(cfg) {
+            Ok(cfg) => match serve::run(cfg, Config::locate(cli.config.as_deref())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("postrider: {e:#}");

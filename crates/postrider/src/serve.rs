@@ -34,16 +34,17 @@ pub fn init_logging(cfg: &Config) {
     }
 }
 
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// Runs the daemon; `path` is where the configuration came from, re-read on SIGHUP.
+pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     init_logging(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(Arc::new(cfg)))
+    rt.block_on(serve(Arc::new(cfg), path))
 }
 
-async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let (spool, recovery) = spool::open(spool::SpoolConfig::new(cfg.spool.clone()))
         .with_context(|| format!("opening the spool {}", cfg.spool.display()))?;
     info!("spool {}: {}", cfg.spool.display(), recovery.report);
@@ -72,7 +73,7 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         spool: spool.clone(),
         queue: queue.clone(),
-        local,
+        local: std::sync::RwLock::new(local),
         tls,
         shutdown: shutdown.clone(),
         limits: ConnLimits::new(
@@ -109,6 +110,8 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         queue.clone(),
         shutdown.clone(),
     ));
+    // Ports are bound and the spool is open: from here on root is not needed.
+    drop_privileges(&cfg)?;
     let mut accepts = Vec::new();
     for l in listeners {
         accepts.push(tokio::spawn(server::accept_loop(
@@ -118,7 +121,7 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         )));
     }
 
-    wait_for_signal().await;
+    wait_for_signal(|| reload(path.as_deref(), &cfg, &ctx)).await;
     info!("shutting down: no new connections, sessions get 421");
     shutdown.cancel();
     for a in accepts {
@@ -144,14 +147,107 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Switches to `user` (when started as root): the spool is handed to that user first, so
+/// new segments, content files and the control socket can still be created.
+fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
+    use nix::unistd::{Gid, User, chown, geteuid, setgid, setgroups, setuid};
+    let Some(name) = &cfg.user else {
+        return Ok(());
+    };
+    if !geteuid().is_root() {
+        warn!("user = \"{name}\" ignored: not started as root");
+        return Ok(());
+    }
+    let user = User::from_name(name)
+        .with_context(|| format!("user: looking up '{name}'"))?
+        .with_context(|| format!("user: there is no user '{name}'"))?;
+    fn walk(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path)) {
+        f(dir);
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, f);
+                } else {
+                    f(&p);
+                }
+            }
+        }
+    }
+    let mut failed = None;
+    walk(&cfg.spool, &mut |p| {
+        if let Err(e) = chown(p, Some(user.uid), Some(user.gid)) {
+            failed.get_or_insert(format!("{}: {e}", p.display()));
+        }
+    });
+    if let Some(f) = failed {
+        anyhow::bail!("user: cannot hand the spool to '{name}': {f}");
+    }
+    setgroups(&[user.gid]).context("user: setgroups")?;
+    setgid(Gid::from(user.gid)).context("user: setgid")?;
+    setuid(user.uid).context("user: setuid")?;
+    info!("running as user {name} (uid {})", user.uid);
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, calling `on_hup` for every SIGHUP meanwhile.
+async fn wait_for_signal(on_hup: impl Fn()) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => on_hup(),
+        }
     }
+}
+
+/// SIGHUP: re-reads the configuration. Local users and aliases take effect at once; other
+/// changes are reported as needing a restart (sessions and the queue hold the old values).
+/// A file with errors changes nothing.
+fn reload(path: Option<&std::path::Path>, running: &Config, ctx: &Ctx) {
+    let Some(path) = path else {
+        info!("SIGHUP: running on embedded defaults, nothing to reload");
+        return;
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            warn!(
+                "SIGHUP: {} has errors, keeping the running configuration:\n{errors}",
+                path.display()
+            );
+            return;
+        }
+    };
+    match resolver::LocalPolicy::from_config(&new) {
+        Ok(local) => {
+            *ctx.local.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(local);
+            info!(
+                "SIGHUP: reloaded local users and aliases from {}",
+                path.display()
+            );
+        }
+        Err(e) => warn!("SIGHUP: local users or aliases: {e}; keeping the old ones"),
+    }
+    if format!("{:?}", strip_local(&new)) != format!("{:?}", strip_local(running)) {
+        warn!(
+            "SIGHUP: other settings in {} changed; they take effect after a restart",
+            path.display()
+        );
+    }
+}
+
+/// The configuration without what a reload applies, to tell whether anything else changed.
+fn strip_local(c: &Config) -> Config {
+    let mut c = c.clone();
+    c.local.users.clear();
+    c.local.users_file = None;
+    c.local.aliases = None;
+    c
 }
 
 /// The resolver, delivery agent and queue manager, as `serve` and `queue run --once` use them.

@@ -270,3 +270,84 @@ fn metrics_match_the_queue() {
     assert_eq!(m["postrider_connections_out"], 0.0);
     assert!(m["postrider_dns_lookups_total"] >= 4.0);
 }
+
+#[test]
+fn sighup_reloads_local_users_and_keeps_running() {
+    let d = Daemon::start(
+        "[local]\ndomains = [\"local.test\"]\nusers = [\"alice\"]\n[delivery]\nenabled = false\n",
+    );
+    let rcpt = |who: &str| {
+        let mut c = Raw::connect(d.port);
+        c.replies(1);
+        c.cmd("EHLO client.test");
+        c.cmd("MAIL FROM:<s@src.test>");
+        c.cmd(&format!("RCPT TO:<{who}@local.test>"))
+    };
+    assert!(rcpt("bob").starts_with("550 5.1.1"));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        text.replace("users = [\"alice\"]", "users = [\"alice\", \"bob\"]"),
+    )
+    .unwrap();
+    let pid = d.child.as_ref().unwrap().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("bob to exist", Duration::from_secs(10), || {
+        rcpt("bob").starts_with("250")
+    });
+    // A broken file changes nothing and is reported.
+    std::fs::write(&d.config, "[smtp\nbroken").unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("the error in the log", Duration::from_secs(10), || {
+        d.log().contains("keeping the running configuration")
+    });
+    assert!(rcpt("bob").starts_with("250"));
+    assert!(rcpt("carol").starts_with("550"));
+}
+
+#[test]
+fn drops_privileges_to_the_configured_user() {
+    if !nix::unistd::geteuid().is_root() {
+        // The switch needs root; as anyone else the setting is ignored with a warning,
+        // which this checks instead.
+        let d = Daemon::start("user = \"nobody\"\n[delivery]\nenabled = false\n");
+        assert!(d.log().contains("ignored: not started as root"));
+        return;
+    }
+    let d = Daemon::start("user = \"nobody\"\n[delivery]\nenabled = false\n");
+    let pid = d.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == nobody.to_string()),
+        "{uid_line}"
+    );
+    // Still able to write the spool (new content, new commits).
+    let out = swaks(d.port, &["--from", "a@src.test", "--to", "b@dst.test"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued as S"));
+    assert_eq!(d.queued(), 1);
+}

@@ -32,7 +32,8 @@ pub struct Ctx {
     pub cfg: Arc<Config>,
     pub spool: Spool,
     pub queue: QueueHandle,
-    pub local: Arc<LocalPolicy>,
+    /// Replaced on SIGHUP (users and aliases are safe to reload mid-flight).
+    pub local: std::sync::RwLock<Arc<LocalPolicy>>,
     pub tls: Option<TlsAcceptor>,
     pub shutdown: CancellationToken,
     pub limits: ConnLimits,
@@ -43,7 +44,8 @@ impl Ctx {
     /// Does this local part exist in a local domain? `Ok`: where its mail goes (aliases
     /// expanded); `Err` is the reply to send.
     pub async fn check_local(&self, local_part: &str) -> Result<Vec<String>, Reply> {
-        match self.local.check(local_part) {
+        let local = self.local.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match local.check(local_part) {
             RcptCheck::Local { targets } => Ok(targets),
             RcptCheck::UnknownUser => Err(Reply::new(
                 550,
