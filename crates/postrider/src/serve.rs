@@ -150,7 +150,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
 /// Switches to `user` (when started as root): the spool is handed to that user first, so
 /// new segments, content files and the control socket can still be created.
 fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
-    use nix::unistd::{Gid, User, chown, geteuid, setgid, setgroups, setuid};
+    use nix::unistd::{User, chown, geteuid, setgid, setgroups, setuid};
     let Some(name) = &cfg.user else {
         return Ok(());
     };
@@ -184,7 +184,7 @@ fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
         anyhow::bail!("user: cannot hand the spool to '{name}': {f}");
     }
     setgroups(&[user.gid]).context("user: setgroups")?;
-    setgid(Gid::from(user.gid)).context("user: setgid")?;
+    setgid(user.gid).context("user: setgid")?;
     setuid(user.uid).context("user: setuid")?;
     info!("running as user {name} (uid {})", user.uid);
     Ok(())
