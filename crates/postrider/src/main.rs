@@ -6,6 +6,7 @@ mod control;
 mod deliver;
 mod dsn;
 mod metrics;
+mod pickup;
 mod queue;
 mod sendmail;
 mod serve;

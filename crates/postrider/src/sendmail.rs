@@ -336,7 +336,26 @@ pub fn run(cfg: &Config, args: &[String]) -> ExitCode {
         eprintln!("sendmail: no recipients given");
         return ExitCode::from(sysexits::DATAERR);
     }
-    match submit(daemon_addr(cfg), &cfg.hostname, &sender, &rcpts, &msg) {
+    let addr = daemon_addr(cfg);
+    if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        // The daemon is down: leave the mail where it will look when it starts.
+        return match crate::pickup::write(&cfg.spool, &sender, &rcpts, &msg) {
+            Ok(p) => {
+                eprintln!(
+                    "sendmail: the daemon at {addr} is not answering ({e}); mail left in {}",
+                    p.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(pe) => {
+                eprintln!(
+                    "sendmail: cannot reach the daemon at {addr} ({e}) nor write to the pickup directory: {pe}"
+                );
+                ExitCode::from(sysexits::TEMPFAIL)
+            }
+        };
+    }
+    match submit(addr, &cfg.hostname, &sender, &rcpts, &msg) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, e)) => {
             eprintln!("sendmail: {e}");

@@ -112,6 +112,13 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     ));
     // Ports are bound and the spool is open: from here on root is not needed.
     drop_privileges(&cfg)?;
+    let pickup = tokio::spawn(crate::pickup::run(
+        spool.clone(),
+        queue.clone(),
+        cfg.hostname.clone(),
+        cfg.smtp.max_message_size,
+        shutdown.clone(),
+    ));
     let mut accepts = Vec::new();
     for l in listeners {
         accepts.push(tokio::spawn(server::accept_loop(
@@ -139,6 +146,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         warn!("deliveries still running after {SHUTDOWN_GRACE:?}; they will be retried");
     }
     let _ = control.await;
+    let _ = pickup.await;
     if let Some(m) = metrics {
         let _ = m.await;
     }

@@ -351,3 +351,50 @@ fn drops_privileges_to_the_configured_user() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("queued as S"));
     assert_eq!(d.queued(), 1);
 }
+
+#[test]
+fn sendmail_with_the_daemon_down_uses_the_pickup_directory() {
+    let sink = Sink::start(&[]);
+    let mut d = Daemon::start(&format!(
+        "[routes]\n\"dst.test\" = \"[127.0.0.1]:{}\"\n",
+        sink.port
+    ));
+    assert!(d.terminate(Duration::from_secs(30)).success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postrider"))
+        .args(["sendmail", "-f", "cron@src.test", "ops@dst.test"])
+        .env("POSTRIDER_CONFIG", &d.config)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: while down\n\n.leading dot line\nbody\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pickup"));
+    d.restart();
+    wait_for(
+        "the picked-up message at the sink",
+        Duration::from_secs(20),
+        || sink.messages().len() == 1,
+    );
+    let rec = &sink.records()[0];
+    assert_eq!(rec["mail_from"], "cron@src.test");
+    let text = sink.message_text(rec["file"].as_str().unwrap());
+    assert!(text.contains("Subject: while down"), "{text}");
+    assert!(text.contains("postrider pickup"), "{text}");
+    assert!(text.contains("\n.leading dot line"), "dots survive: {text}");
+    wait_for(
+        "the pickup directory to empty",
+        Duration::from_secs(10),
+        || std::fs::read_dir(d.spool().join("pickup")).map_or(0, |r| r.count()) == 0,
+    );
+}
