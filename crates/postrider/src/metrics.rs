@@ -29,6 +29,19 @@ pub struct Counters {
     pub dns_lookups: AtomicU64,
     /// Total microseconds spent in destination lookups.
     pub dns_micros: AtomicU64,
+    /// Queue manager ticks (one event handled plus the attempts it started) and their cost.
+    pub ticks: AtomicU64,
+    pub tick_micros_total: AtomicU64,
+    pub tick_micros_max: AtomicU64,
+}
+
+impl Counters {
+    pub fn tick(&self, took: Duration) {
+        let us = took.as_micros() as u64;
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+        self.tick_micros_total.fetch_add(us, Ordering::Relaxed);
+        self.tick_micros_max.fetch_max(us, Ordering::Relaxed);
+    }
 }
 
 impl Counters {
@@ -166,6 +179,19 @@ pub async fn render(s: &Sources) -> String {
         "postrider_dns_lookup_seconds_total",
         "Time spent in destination lookups.",
         c.dns_micros.load(Ordering::Relaxed) / 1_000_000,
+    );
+    let _ = write!(
+        out,
+        "# HELP postrider_scheduler_tick_seconds_max Longest queue manager tick.\n\
+         # TYPE postrider_scheduler_tick_seconds_max gauge\n\
+         postrider_scheduler_tick_seconds_max {:.6}\n\
+         # HELP postrider_scheduler_tick_seconds Queue manager ticks.\n\
+         # TYPE postrider_scheduler_tick_seconds summary\n\
+         postrider_scheduler_tick_seconds_sum {:.6}\n\
+         postrider_scheduler_tick_seconds_count {}\n",
+        c.tick_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
+        c.tick_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
+        c.ticks.load(Ordering::Relaxed),
     );
     let st = s.spool.stats();
     metric(

@@ -45,6 +45,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> 
 }
 
 async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let (spool, recovery) = spool::open(spool::SpoolConfig::new(cfg.spool.clone()))
         .with_context(|| format!("opening the spool {}", cfg.spool.display()))?;
     info!("spool {}: {}", cfg.spool.display(), recovery.report);
@@ -66,6 +67,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     let counters = Arc::new(crate::metrics::Counters::default());
     let (mut manager, queue) = queue_manager(&cfg, &spool, &counters)?;
     manager.recover(recovery.messages, recovery.schedules);
+    info!("recovery took {} ms", started.elapsed().as_millis());
 
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();

@@ -302,7 +302,19 @@ impl Manager {
             };
             tokio::select! {
                 msg = self.rx.recv() => match msg {
-                    Some(m) => self.handle(m).await,
+                    Some(m) => {
+                        // A tick: one scheduling event and the attempts it makes due. Its
+                        // cost must not grow with the queue (bench/memory.py). Control
+                        // queries (list, stats for a scrape) walk the queue by nature and
+                        // are not scheduling work, so they are not counted.
+                        let query = matches!(m, QueueMsg::Control(..));
+                        let started = Instant::now();
+                        self.handle(m).await;
+                        self.start_attempts();
+                        if !query {
+                            self.settings.counters.tick(started.elapsed());
+                        }
+                    }
                     None => return,
                 },
                 _ = sleep => {}
