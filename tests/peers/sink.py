@@ -112,6 +112,7 @@ class Handler:
             "rcpt_tos": envelope.rcpt_tos,
             "size": len(data),
             "conn": getattr(session, "conn_no", 0),
+            "tls": bool(getattr(session, "ssl", None)),
             "time": time.time(),
         }
         with open(os.path.join(self.out, "log.jsonl"), "a") as f:
@@ -132,6 +133,8 @@ def main():
     p.add_argument("--drop-after-rcpt", type=int, default=0)
     p.add_argument("--delay", type=float, default=0)
     p.add_argument("--lmtp", action="store_true")
+    p.add_argument("--tls-cert", help="offer STARTTLS with this certificate (PEM)")
+    p.add_argument("--tls-key")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     stats = Stats(args.out)
@@ -161,7 +164,13 @@ def main():
             super()._trigger_server()
 
         def factory(self):
-            return Server(self.handler, hostname="sink.test", enable_SMTPUTF8=True)
+            tls = None
+            if args.tls_cert:
+                import ssl
+                tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                tls.load_cert_chain(args.tls_cert, args.tls_key)
+            return Server(self.handler, hostname="sink.test", enable_SMTPUTF8=True,
+                          tls_context=tls)
 
     # A loaded test machine can take a while to bring the server up.
     ctl = Ctl(handler, hostname=args.host, port=args.port, ready_timeout=30)

@@ -30,6 +30,8 @@ pub struct Config {
     pub smtp: Smtp,
     pub local: Local,
     pub routes: RouteTable,
+    /// Per-destination TLS policy (`[tls_policy]`), overriding `delivery.tls`.
+    pub tls_policy: RouteTable<TlsPolicy>,
     pub dns: Dns,
     pub delivery: Delivery,
     pub milters: Vec<Milter>,
@@ -76,11 +78,32 @@ pub struct Dns {
     pub attempts: usize,
 }
 
+/// STARTTLS for outbound mail, like Postfix's smtp_tls_security_level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsPolicy {
+    /// Never.
     None,
+    /// When offered, without checking the certificate ("may").
     Opportunistic,
+    /// Always, without checking the certificate ("encrypt").
     Required,
+    /// Always, with a certificate that chains to `delivery.tls_ca_file` and names the MX
+    /// host ("verify").
+    Verify,
+}
+
+impl TlsPolicy {
+    fn parse(s: &str) -> Result<TlsPolicy, String> {
+        match s {
+            "none" => Ok(TlsPolicy::None),
+            "opportunistic" | "may" => Ok(TlsPolicy::Opportunistic),
+            "required" | "encrypt" => Ok(TlsPolicy::Required),
+            "verify" | "secure" => Ok(TlsPolicy::Verify),
+            _ => Err(format!(
+                "'{s}' is not a TLS policy (none, may, encrypt, verify)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +130,8 @@ pub struct Delivery {
     pub data_block_timeout: Duration,
     pub data_done_timeout: Duration,
     pub tls: TlsPolicy,
+    /// CA certificates (PEM) for `verify`; default: the system bundle.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +205,7 @@ impl Default for Config {
             },
             local: Local::default(),
             routes: RouteTable::default(),
+            tls_policy: RouteTable::default(),
             dns: Dns {
                 nameservers: None,
                 timeout: secs(5),
@@ -212,6 +238,7 @@ impl Default for Config {
                 data_block_timeout: secs(180),
                 data_done_timeout: secs(600),
                 tls: TlsPolicy::Opportunistic,
+                tls_ca_file: None,
             },
             milters: Vec::new(),
             control: Control {
@@ -339,7 +366,17 @@ struct Walker<'a> {
 }
 
 const TOP: &[&str] = &[
-    "hostname", "spool", "user", "smtp", "local", "routes", "dns", "delivery", "milter", "control",
+    "hostname",
+    "spool",
+    "user",
+    "smtp",
+    "local",
+    "routes",
+    "tls_policy",
+    "dns",
+    "delivery",
+    "milter",
+    "control",
     "log",
 ];
 const SMTP: &[&str] = &[
@@ -385,6 +422,7 @@ const DELIVERY: &[&str] = &[
     "data_block_timeout",
     "data_done_timeout",
     "tls",
+    "tls_ca_file",
 ];
 const MILTER: &[&str] = &["address", "on_failure", "timeout"];
 const CONTROL: &[&str] = &["socket", "metrics"];
@@ -650,6 +688,11 @@ impl Walker<'_> {
                         cfg.routes = self.routes(t);
                     }
                 }
+                "tls_policy" => {
+                    if let Some(t) = self.table(v, key) {
+                        cfg.tls_policy = self.tls_policies(t);
+                    }
+                }
                 "dns" => {
                     if let Some(t) = self.table(v, key) {
                         self.dns(t, &mut cfg.dns);
@@ -771,6 +814,26 @@ impl Walker<'_> {
         RouteTable::new(entries)
     }
 
+    fn tls_policies(&mut self, t: &DeTable<'_>) -> RouteTable<TlsPolicy> {
+        let mut entries = Vec::new();
+        for (k, v) in t.iter() {
+            let name: &str = k.get_ref();
+            let key = format!("tls_policy.\"{name}\"");
+            let pattern = match name.parse::<RoutePattern>() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.error_at(k.span().start, &key, &e.to_string());
+                    None
+                }
+            };
+            let policy = self.parsed(v, &key, TlsPolicy::parse);
+            if let (Some(p), Some(t)) = (pattern, policy) {
+                entries.push((p, t));
+            }
+        }
+        RouteTable::new(entries)
+    }
+
     fn dns(&mut self, t: &DeTable<'_>, d: &mut Dns) {
         self.check_keys(t, "dns", DNS);
         for (k, v) in t.iter() {
@@ -839,17 +902,8 @@ impl Walker<'_> {
                 "data_timeout" => set(&mut d.data_timeout, self.duration(v, key)),
                 "data_block_timeout" => set(&mut d.data_block_timeout, self.duration(v, key)),
                 "data_done_timeout" => set(&mut d.data_done_timeout, self.duration(v, key)),
-                "tls" => set(
-                    &mut d.tls,
-                    self.parsed(v, key, |s| match s {
-                        "none" => Ok(TlsPolicy::None),
-                        "opportunistic" | "may" => Ok(TlsPolicy::Opportunistic),
-                        "required" | "encrypt" => Ok(TlsPolicy::Required),
-                        _ => Err(format!(
-                            "'{s}' is not a TLS policy (none, opportunistic, required)"
-                        )),
-                    }),
-                ),
+                "tls" => set(&mut d.tls, self.parsed(v, key, TlsPolicy::parse)),
+                "tls_ca_file" => d.tls_ca_file = self.path(v, key),
                 _ => {}
             }
         }

@@ -199,25 +199,34 @@ impl FromStr for RoutePattern {
     }
 }
 
-/// The whole route table, looked up longest match first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RouteTable {
-    entries: Vec<(RoutePattern, RouteTarget)>,
+/// A table keyed by domain patterns, looked up longest match first: the route table
+/// (mailertable) and the per-destination TLS policy table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTable<T = RouteTarget> {
+    entries: Vec<(RoutePattern, T)>,
 }
 
-impl RouteTable {
-    pub fn new(entries: Vec<(RoutePattern, RouteTarget)>) -> Self {
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        RouteTable {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T> RouteTable<T> {
+    pub fn new(entries: Vec<(RoutePattern, T)>) -> Self {
         RouteTable { entries }
     }
 
-    pub fn entries(&self) -> &[(RoutePattern, RouteTarget)] {
+    pub fn entries(&self) -> &[(RoutePattern, T)] {
         &self.entries
     }
 
     /// The route for `domain`: an exact entry, else the longest `.suffix` entry, else `*`.
-    pub fn lookup(&self, domain: &str) -> Option<&RouteTarget> {
+    pub fn lookup(&self, domain: &str) -> Option<&T> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let mut best: Option<(usize, &RouteTarget)> = None;
+        let mut best: Option<(usize, &T)> = None;
         let mut default = None;
         for (pat, target) in &self.entries {
             match pat {
@@ -294,6 +303,9 @@ mod tests {
         assert_eq!(table.lookup("a.example.com"), Some(&t("relay.example.net")));
         assert_eq!(table.lookup("x.b.example.com"), Some(&t("[192.0.2.2]")));
         assert_eq!(table.lookup("notexample.com"), Some(&t("[192.0.2.1]:25")));
-        assert_eq!(RouteTable::default().lookup("example.com"), None);
+        assert_eq!(
+            RouteTable::<RouteTarget>::default().lookup("example.com"),
+            None
+        );
     }
 }

@@ -271,7 +271,8 @@ fn queue_manager(
     let deliverer = Arc::new(Deliverer {
         resolver,
         spool: spool.clone(),
-        settings: client_settings(cfg),
+        settings: client_settings(cfg)?,
+        tls_policy: cfg.tls_policy.clone(),
         source_address: cfg.delivery.source_address,
         max_queue_time: cfg.delivery.max_queue_time,
         counters: counters.clone(),
@@ -326,17 +327,38 @@ pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
     })
 }
 
-fn client_settings(cfg: &Config) -> ClientSettings {
+pub fn tls_mode(p: config::TlsPolicy) -> TlsMode {
+    match p {
+        config::TlsPolicy::None => TlsMode::None,
+        config::TlsPolicy::Opportunistic => TlsMode::Opportunistic,
+        config::TlsPolicy::Required => TlsMode::Required,
+        config::TlsPolicy::Verify => TlsMode::Verify,
+    }
+}
+
+fn client_settings(cfg: &Config) -> anyhow::Result<ClientSettings> {
     let d = &cfg.delivery;
-    ClientSettings {
+    let wants_verify = d.tls == config::TlsPolicy::Verify
+        || cfg
+            .tls_policy
+            .entries()
+            .iter()
+            .any(|(_, p)| *p == config::TlsPolicy::Verify);
+    // Loaded once at start so a missing bundle is a start-up error, not a deferral later.
+    let verify_config = if wants_verify {
+        Some(
+            crate::deliver::tls::verifying_config(d.tls_ca_file.as_deref())
+                .map_err(|e| anyhow::anyhow!("delivery.tls_ca_file: {e}"))?,
+        )
+    } else {
+        None
+    };
+    Ok(ClientSettings {
         hostname: cfg.hostname.clone(),
         helo: d.helo,
-        tls: match d.tls {
-            config::TlsPolicy::None => TlsMode::None,
-            config::TlsPolicy::Opportunistic => TlsMode::Opportunistic,
-            config::TlsPolicy::Required => TlsMode::Required,
-        },
+        tls: tls_mode(d.tls),
         tls_config: crate::deliver::tls::client_config(),
+        verify_config,
         transcript: d.transcript,
         connect_timeout: d.connect_timeout,
         greeting_timeout: d.greeting_timeout,
@@ -345,7 +367,7 @@ fn client_settings(cfg: &Config) -> ClientSettings {
         data_timeout: d.data_timeout,
         data_block_timeout: d.data_block_timeout,
         data_done_timeout: d.data_done_timeout,
-    }
+    })
 }
 
 pub fn resolver_config(cfg: &Config) -> resolver::ResolverConfig {

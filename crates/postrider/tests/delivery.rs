@@ -322,3 +322,134 @@ fn a_slow_server_times_out_and_the_mail_is_kept() {
         "the message stays queued for the next attempt"
     );
 }
+
+/// A CA and a server certificate for `name`, made with openssl in `dir`.
+fn make_certs(dir: &std::path::Path, name: &str) -> (String, String, String) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=postrider test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("srv.key"),
+        "-out",
+        &p("srv.csr"),
+        "-subj",
+        &format!("/CN={name}"),
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("srv.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("srv.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+    ]);
+    (p("ca.pem"), p("srv.pem"), p("srv.key"))
+}
+
+#[test]
+fn tls_policies_per_destination() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path(), "mx.tls.test");
+    let tls = Sink::start_at("127.0.0.1", 0, &["--tls-cert", &cert, "--tls-key", &key]);
+    let port = tls.port;
+    let plain = Sink::start_at("127.0.0.2", port, &[]);
+    let dns = Dnsmasq::start(&[
+        "--host-record=mx.tls.test,127.0.0.1",
+        "--host-record=mx.bad.test,127.0.0.1",
+        "--host-record=mx.plain.test,127.0.0.2",
+        "--mx-host=tls.test,mx.tls.test,10",
+        "--mx-host=bad.test,mx.bad.test,10",
+        "--mx-host=plain.test,mx.plain.test,10",
+        "--mx-host=open.test,mx.plain.test,10",
+    ]);
+    let d = Daemon::start(&format!(
+        "[tls_policy]\n\"tls.test\" = \"verify\"\n\"bad.test\" = \"verify\"\n\"plain.test\" = \"encrypt\"\n\
+         [dns]\nnameservers = [\"127.0.0.1:{}\"]\n[delivery]\nport = {port}\nipv6 = false\n\
+         backoff = [\"1h\"]\ntls_ca_file = \"{ca}\"\n",
+        dns.port
+    ));
+    // verify, and the certificate names the MX host: delivered over TLS.
+    send(&d, "a@tls.test");
+    wait_for("verified delivery", Duration::from_secs(30), || {
+        tls.messages().len() == 1
+    });
+    assert_eq!(tls.records()[0]["tls"], true);
+    // verify, but the certificate is for another name: kept, not sent in the clear.
+    send(&d, "b@bad.test");
+    // encrypt, to a server without STARTTLS: kept.
+    send(&d, "c@plain.test");
+    // no policy: opportunistic, so plain text to a server without STARTTLS is fine.
+    send(&d, "d@open.test");
+    wait_for(
+        "the open domain's delivery",
+        Duration::from_secs(30),
+        || plain.messages().len() == 1,
+    );
+    wait_for("two deferrals", Duration::from_secs(30), || {
+        queue_errors(&d).iter().filter(|e| !e.is_empty()).count() == 2
+    });
+    let errors = queue_errors(&d);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("NotValidForName") || e.contains("certificate")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("STARTTLS required")),
+        "{errors:?}"
+    );
+    assert_eq!(
+        tls.messages().len(),
+        1,
+        "nothing for bad.test reached the TLS host"
+    );
+    assert_eq!(
+        plain.messages().len(),
+        1,
+        "nothing for plain.test went in the clear"
+    );
+}

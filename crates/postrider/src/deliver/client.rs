@@ -26,6 +26,8 @@ pub enum TlsMode {
     None,
     Opportunistic,
     Required,
+    /// Required, and the certificate must chain to the configured CAs and name the host.
+    Verify,
 }
 
 #[derive(Clone)]
@@ -34,6 +36,8 @@ pub struct ClientSettings {
     pub helo: bool,
     pub tls: TlsMode,
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// For `TlsMode::Verify`; loaded at start when any policy asks for it.
+    pub verify_config: Option<Arc<rustls::ClientConfig>>,
     pub transcript: bool,
     pub connect_timeout: Duration,
     pub greeting_timeout: Duration,
@@ -108,7 +112,7 @@ impl Client {
         if want_tls && c.caps.starttls {
             c.starttls(server_name).await?;
             c.hello().await?;
-        } else if c.settings.tls == TlsMode::Required && !lmtp {
+        } else if matches!(c.settings.tls, TlsMode::Required | TlsMode::Verify) && !lmtp {
             return Err(SessionError::Tls(
                 c.relay.clone(),
                 "STARTTLS required by policy but not offered".into(),
@@ -161,10 +165,23 @@ impl Client {
                 format!("STARTTLS refused: {r}"),
             ));
         }
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
-            .or_else(|_| rustls::pki_types::ServerName::try_from("localhost".to_owned()))
-            .map_err(|e| SessionError::Tls(self.relay.clone(), e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(self.settings.tls_config.clone());
+        let verify = self.settings.tls == TlsMode::Verify;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned());
+        // Unverified TLS needs some name for SNI; a verified one must be the MX host's.
+        let name = if verify {
+            name
+        } else {
+            name.or_else(|_| rustls::pki_types::ServerName::try_from("localhost".to_owned()))
+        }
+        .map_err(|e| SessionError::Tls(self.relay.clone(), e.to_string()))?;
+        let config = if verify {
+            self.settings.verify_config.clone().ok_or_else(|| {
+                SessionError::Tls(self.relay.clone(), "no CA certificates loaded".into())
+            })?
+        } else {
+            self.settings.tls_config.clone()
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
         // The plain stream is replaced by the TLS one; a placeholder fills the gap.
         let plain = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
         let tls = tokio::time::timeout(

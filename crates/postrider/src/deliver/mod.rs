@@ -99,6 +99,8 @@ pub struct Deliverer {
     pub source_address: Option<IpAddr>,
     pub max_queue_time: std::time::Duration,
     pub counters: std::sync::Arc<crate::metrics::Counters>,
+    /// `[tls_policy]`: per destination domain, overriding `settings.tls`.
+    pub tls_policy: config::RouteTable<config::TlsPolicy>,
 }
 
 /// Counts an open outbound connection for as long as it lives.
@@ -182,7 +184,13 @@ impl Deliverer {
                         results.extend(all(m, &outcome));
                     }
                 }
-                Ok(dests) => self.deliver(&dests, live, &mut results).await,
+                Ok(dests) => {
+                    let mut settings = self.settings.clone();
+                    if let Some(p) = self.tls_policy.lookup(&attempt.domain_name) {
+                        settings.tls = crate::serve::tls_mode(*p);
+                    }
+                    self.deliver(&dests, live, &settings, &mut results).await
+                }
             }
         }
         self.record(&results, &tries).await;
@@ -210,7 +218,11 @@ impl Deliverer {
         }
     }
 
-    async fn open(&self, dest: &Destination) -> Result<Client, SessionError> {
+    async fn open(
+        &self,
+        dest: &Destination,
+        settings: &ClientSettings,
+    ) -> Result<Client, SessionError> {
         let relay = dest.to_string();
         let io: Box<dyn client::Io> = match dest.unix_path() {
             Some(path) => Box::new(
@@ -222,31 +234,25 @@ impl Deliverer {
                 client::connect_tcp(
                     dest.socket_addr().expect("tcp destination has an address"),
                     self.source_address,
-                    self.settings.connect_timeout,
+                    settings.connect_timeout,
                 )
                 .await?,
             ),
         };
-        Client::start(
-            io,
-            relay,
-            dest.is_lmtp(),
-            self.settings.clone(),
-            dest.host(),
-        )
-        .await
+        Client::start(io, relay, dest.is_lmtp(), settings.clone(), dest.host()).await
     }
 
     async fn deliver(
         &self,
         dests: &[Destination],
         live: Vec<JobMessage>,
+        settings: &ClientSettings,
         results: &mut Vec<RcptResult>,
     ) {
         let mut pending: VecDeque<JobMessage> = live.into();
         let mut last_error: Option<SessionError> = None;
         'dests: for dest in dests {
-            let mut client = match self.open(dest).await {
+            let mut client = match self.open(dest, settings).await {
                 Ok(c) => c,
                 Err(e) => {
                     info!(domain = dest.host(), "{e}; trying the next destination");

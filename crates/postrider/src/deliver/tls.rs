@@ -2,7 +2,9 @@
 //! an attacker who can tamper with the connection can also strip the STARTTLS offer, so
 //! checking certificates buys nothing there, and refusing self-signed certificates would
 //! only push mail back to plain text. We therefore encrypt without verifying, like Postfix's
-//! `smtp_tls_security_level = may`.
+//! `smtp_tls_security_level = may`. Where the administrator knows better (a `verify`
+//! policy for a destination), certificates are checked against the configured CAs and the
+//! MX host name, and a failure keeps the mail queued.
 
 use std::sync::Arc;
 
@@ -67,4 +69,33 @@ pub fn client_config() -> Arc<rustls::ClientConfig> {
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     Arc::new(config)
+}
+
+/// The system CA bundle on Debian and its relatives.
+const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A verifying client configuration, trusting the PEM certificates in `ca_file` (default:
+/// the system bundle).
+pub fn verifying_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let path = ca_file.unwrap_or(std::path::Path::new(SYSTEM_CA_FILE));
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificates", path.display()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
