@@ -6,6 +6,7 @@ mod control;
 mod deliver;
 mod dsn;
 mod metrics;
+mod milter;
 mod pickup;
 mod queue;
 mod sendmail;

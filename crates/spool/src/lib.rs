@@ -632,6 +632,30 @@ impl ContentWriter {
         self.write_file(data)
     }
 
+    /// A reader over what was written so far (for content filters before commit).
+    pub fn read_back(&mut self) -> Result<Box<dyn Read + Send>, SpoolError> {
+        match &mut self.file {
+            None => Ok(Box::new(io::Cursor::new(self.buf.clone()))),
+            Some((f, path)) => {
+                f.flush()
+                    .map_err(|e| SpoolError::io(format!("writing {}", path.display()), e))?;
+                let r = File::open(&*path)
+                    .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
+                Ok(Box::new(io::BufReader::with_capacity(64 * 1024, r)))
+            }
+        }
+    }
+
+    /// Gives the content up as a reader, so that a rewritten version can be written under
+    /// the same id (the old file is unlinked; the reader keeps it alive until dropped).
+    pub fn into_reader(mut self) -> Result<Box<dyn Read + Send>, SpoolError> {
+        let r = self.read_back()?;
+        if let Some((_, path)) = self.file.take() {
+            let _ = fs::remove_file(path);
+        }
+        Ok(r)
+    }
+
     fn write_file(&mut self, data: &[u8]) -> Result<(), SpoolError> {
         let (f, path) = self.file.as_mut().expect("file is open");
         f.write_all(data)

@@ -105,7 +105,10 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTrac
 
 async fn run_session(sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
     let _ = sock.set_nodelay(true);
-    let mut s = Session::new(ctx.clone(), peer);
+    let local = sock
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut s = Session::new(ctx.clone(), peer, local);
     debug!(session = %s.id(), client = %peer, "connect");
     let delay = ctx.cfg.smtp.greeting_delay;
     if !delay.is_zero() {
@@ -166,6 +169,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
             let _ = conn.flush().await;
         }
     }
+    s.end().await;
     debug!(session = %s.id(), client = %peer, "disconnect");
 }
 

@@ -45,6 +45,11 @@ struct Chunked {
 pub struct Session {
     ctx: Arc<Ctx>,
     peer: SocketAddr,
+    local: SocketAddr,
+    /// Connected at HELO when `[[milter]]`s are configured.
+    milters: Option<crate::milter::Milters>,
+    /// A milter refused the connection: every later command gets this.
+    milter_refusal: Option<Reply>,
     id: TxnId,
     helo: Option<String>,
     esmtp: bool,
@@ -60,7 +65,7 @@ fn reply(code: u16, status: &str, text: &str) -> Reply {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<Ctx>, peer: SocketAddr) -> Self {
+    pub fn new(ctx: Arc<Ctx>, peer: SocketAddr, local: SocketAddr) -> Self {
         let trusted = ctx
             .cfg
             .smtp
@@ -71,6 +76,9 @@ impl Session {
         Session {
             ctx,
             peer,
+            local,
+            milters: None,
+            milter_refusal: None,
             id,
             helo: None,
             esmtp: false,
@@ -84,6 +92,13 @@ impl Session {
 
     pub fn id(&self) -> TxnId {
         self.id
+    }
+
+    /// The client is gone: tell the milters.
+    pub async fn end(&mut self) {
+        if let Some(m) = self.milters.as_mut() {
+            m.quit().await;
+        }
     }
 
     pub fn greeting(&self) -> Reply {
@@ -190,15 +205,19 @@ impl Session {
             }
         };
         let result = match cmd {
-            Command::Ehlo(name) => Ok(self.hello(name, true)),
-            Command::Helo(name) => Ok(self.hello(name, false)),
+            Command::Ehlo(name) => self.hello_checked(name, true).await,
+            Command::Helo(name) => self.hello_checked(name, false).await,
             Command::Lhlo(_) => Err(reply(500, "5.5.1", "This is SMTP, not LMTP")),
-            Command::Mail { from, params } => self.mail(from, params),
+            Command::Mail { from, params } => self.mail_checked(from, params).await,
             Command::Rcpt { to, params } => self.rcpt(to, params).await,
             Command::Data => return self.data(conn).await,
             Command::Bdat { size, last } => return self.bdat(conn, size, last).await,
             Command::Rset => {
-                self.txn = None;
+                if self.txn.take().is_some()
+                    && let Some(m) = self.milters.as_mut()
+                {
+                    m.abort().await;
+                }
                 Ok(reply(250, "2.0.0", "Ok"))
             }
             Command::Noop(_) => Ok(reply(250, "2.0.0", "Ok")),
@@ -234,6 +253,87 @@ impl Session {
             }
         }
         None
+    }
+
+    /// HELO/EHLO, then the milters' connect and helo stages.
+    async fn hello_checked(&mut self, name: String, esmtp: bool) -> Result<Reply, Reply> {
+        if let Some(r) = &self.milter_refusal {
+            return Err(r.clone());
+        }
+        let ok = self.hello(name.clone(), esmtp);
+        if self.ctx.cfg.milters.is_empty() {
+            return Ok(ok);
+        }
+        if self.milters.is_none() {
+            let ctx = crate::milter::Context {
+                hostname: self.ctx.cfg.hostname.clone(),
+                client: self.peer,
+                local: self.local,
+                client_name: format!("[{}]", self.peer.ip()),
+            };
+            let (m, v) = crate::milter::Milters::connect(&self.ctx.cfg.milters, ctx).await;
+            self.milters = Some(m);
+            if let Some(r) = self.refusal(v) {
+                self.milter_refusal = Some(r.clone());
+                return Err(r);
+            }
+        }
+        let v = self.milters.as_mut().expect("connected").helo(&name).await;
+        match self.refusal(v) {
+            Some(r) => {
+                self.milter_refusal = Some(r.clone());
+                Err(r)
+            }
+            None => Ok(ok),
+        }
+    }
+
+    /// A milter verdict as the reply to send, if it refuses.
+    fn refusal(&self, v: crate::milter::Verdict) -> Option<Reply> {
+        use crate::milter::Verdict;
+        match v {
+            Verdict::Reject(r) | Verdict::Tempfail(r) => {
+                info!(session = %self.id, client = %self.peer, reply = %r.to_string().trim_end(), "refused by a milter");
+                Some(r)
+            }
+            Verdict::Continue | Verdict::Discard => None,
+        }
+    }
+
+    async fn mail_checked(
+        &mut self,
+        from: ReversePath,
+        params: MailParams,
+    ) -> Result<Reply, Reply> {
+        if let Some(r) = &self.milter_refusal {
+            return Err(r.clone());
+        }
+        let args: Vec<String> = params
+            .to_string()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let ok = self.mail(from, params)?;
+        let Some(m) = self.milters.as_mut() else {
+            return Ok(ok);
+        };
+        let txn = self.txn.as_ref().expect("MAIL accepted");
+        let from = match &txn.sender {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
+        let id = txn.id.to_string();
+        let v = m.mail(&from, args, &id).await;
+        match self.refusal(v) {
+            Some(r) => {
+                self.txn = None;
+                if let Some(m) = self.milters.as_mut() {
+                    m.abort().await;
+                }
+                Err(r)
+            }
+            None => Ok(ok),
+        }
     }
 
     fn hello(&mut self, name: String, esmtp: bool) -> Reply {
@@ -360,6 +460,12 @@ impl Session {
             },
             _ => address,
         };
+        if let Some(m) = self.milters.as_mut() {
+            let v = m.rcpt(&address).await;
+            if let Some(r) = self.refusal(v) {
+                return Err(r);
+            }
+        }
         let orcpt = params.orcpt.map(|(kind, addr)| format!("{kind};{addr}"));
         let notify = params.notify.map(to_spool_notify).unwrap_or_default();
         let txn = self.txn.as_mut().expect("checked above");
@@ -643,6 +749,56 @@ impl Session {
             kind: Default::default(),
             recipients: txn.rcpts.clone(),
         };
+        let mut env = env;
+        let mut content = content;
+        if let Some(m) = self.milters.as_mut() {
+            let reader = match content.read_back() {
+                Ok(r) => r,
+                Err(e) => return spool_error_reply(&e),
+            };
+            let (v, changes) = m.message(reader, &env.id.to_string()).await;
+            use crate::milter::Verdict;
+            match v {
+                Verdict::Reject(r) | Verdict::Tempfail(r) => {
+                    info!(queue_id = %env.id, reply = %r.to_string().trim_end(), "message refused by a milter");
+                    return r;
+                }
+                Verdict::Discard => {
+                    info!(queue_id = %env.id, "message discarded by a milter");
+                    return reply(250, "2.0.0", &format!("Ok: discarded as {}", env.id));
+                }
+                Verdict::Continue => {}
+            }
+            for a in &changes.add_rcpts {
+                env.recipients.push(Recipient {
+                    address: crate::milter::strip(a),
+                    ..Default::default()
+                });
+            }
+            for a in &changes.del_rcpts {
+                let a = crate::milter::strip(a);
+                env.recipients
+                    .retain(|r| !r.address.eq_ignore_ascii_case(&a));
+            }
+            if let Some(f) = &changes.from {
+                env.sender = crate::milter::strip(f);
+            }
+            if let Some(why) = &changes.quarantine {
+                info!(queue_id = %env.id, reason = %why, "quarantined by a milter: held");
+                env.held = true;
+            }
+            if env.recipients.is_empty() {
+                info!(queue_id = %env.id, "a milter removed every recipient: discarded");
+                return reply(250, "2.0.0", &format!("Ok: discarded as {}", env.id));
+            }
+            if changes.rewrites_content() {
+                let spool = self.ctx.spool.clone();
+                content = match rewrite(&spool, content, &changes).await {
+                    Ok(c) => c,
+                    Err(e) => return spool_error_reply(&e),
+                };
+            }
+        }
         let size = content.len();
         match self.ctx.spool.commit(&env, content).await {
             Ok(mref) => {
@@ -665,6 +821,55 @@ impl Session {
             }
         }
     }
+}
+
+/// Writes the content again with a milter's header and body changes, same queue id.
+async fn rewrite(
+    spool: &spool::Spool,
+    content: ContentWriter,
+    changes: &crate::milter::Changes,
+) -> Result<ContentWriter, spool::SpoolError> {
+    use std::io::Read;
+    let id = content.id();
+    let mut r = content.into_reader()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head != b"\r\n" {
+        match r.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let mut w = spool.content_writer(id);
+    w.write(&crate::milter::apply_headers(&head, &changes.headers))
+        .await?;
+    match &changes.body {
+        Some(body) => {
+            // Milters may send bare LF; mail on disk has CRLF line ends.
+            let mut fixed = Vec::with_capacity(body.len() + body.len() / 32);
+            for (i, &b) in body.iter().enumerate() {
+                if b == b'\n' && (i == 0 || body[i - 1] != b'\r') {
+                    fixed.push(b'\r');
+                }
+                fixed.push(b);
+            }
+            w.write(&fixed).await?;
+        }
+        None => {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = r.read(&mut buf).map_err(|e| spool::SpoolError::Write {
+                    no_space: false,
+                    message: format!("reading back the content: {e}"),
+                })?;
+                if n == 0 {
+                    break;
+                }
+                w.write(&buf[..n]).await?;
+            }
+        }
+    }
+    Ok(w)
 }
 
 fn spool_error_reply(e: &spool::SpoolError) -> Reply {

@@ -1,0 +1,701 @@
+//! The milter client: one connection per configured milter per SMTP session, called at each
+//! stage in the configured order, with the macros real milters read. The wire format is
+//! `milter-proto`'s; this module adds I/O, timeouts, the negotiated no-call/no-reply flags,
+//! the `on_failure` policy, and collects the modifications a milter asks for, which the
+//! session applies before the message is committed.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use config::{Milter, MilterAddress, MilterFailure};
+use milter_proto::consts::*;
+use milter_proto::{Command, Framer, Response};
+use smtp_proto::Reply;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
+
+use crate::deliver::client::Io;
+
+/// What the milters decided about one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Reject(Reply),
+    Tempfail(Reply),
+    /// Accept and throw away.
+    Discard,
+}
+
+/// Changes asked for at end of message, applied in order before commit.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub headers: Vec<HeaderChange>,
+    pub add_rcpts: Vec<String>,
+    pub del_rcpts: Vec<String>,
+    pub from: Option<String>,
+    pub body: Option<Vec<u8>>,
+    pub quarantine: Option<String>,
+}
+
+impl Changes {
+    pub fn rewrites_content(&self) -> bool {
+        !self.headers.is_empty() || self.body.is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderChange {
+    Add {
+        name: String,
+        value: String,
+    },
+    Insert {
+        index: u32,
+        name: String,
+        value: String,
+    },
+    /// The `index`th header called `name` (from 1); an empty value deletes it.
+    Change {
+        index: u32,
+        name: String,
+        value: String,
+    },
+}
+
+/// What the stages know about the connection, for macros.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub hostname: String,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub client_name: String,
+}
+
+struct Conn {
+    io: Box<dyn Io>,
+    framer: Framer,
+    protocol: u32,
+    timeout: Duration,
+    on_failure: MilterFailure,
+    name: String,
+    /// Said "accept" for the current message: no more calls until the next one.
+    accepted: bool,
+    /// Said "skip" during the body.
+    skip_body: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Protocol(#[from] milter_proto::Error),
+    #[error("closed the connection")]
+    Closed,
+}
+
+impl Conn {
+    async fn send(&mut self, cmd: &Command) -> Result<(), Failure> {
+        let mut out = Vec::new();
+        cmd.encode(&mut out);
+        tokio::time::timeout(self.timeout, self.io.write_all(&out))
+            .await
+            .map_err(|_| Failure::Timeout)??;
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<Response, Failure> {
+        let mut buf = [0u8; 8192];
+        loop {
+            if let Some(r) = self.framer.next_response()? {
+                return Ok(r);
+            }
+            let n = tokio::time::timeout(self.timeout, self.io.read(&mut buf))
+                .await
+                .map_err(|_| Failure::Timeout)??;
+            if n == 0 {
+                return Err(Failure::Closed);
+            }
+            self.framer.push(&buf[..n]);
+        }
+    }
+
+    /// Sends `cmd` and, unless the milter said it will not reply, reads up to the final
+    /// response, collecting modifications on the way.
+    async fn call(
+        &mut self,
+        cmd: &Command,
+        no_reply: u32,
+        changes: &mut Changes,
+    ) -> Result<Response, Failure> {
+        self.send(cmd).await?;
+        if self.protocol & no_reply != 0 {
+            return Ok(Response::Continue);
+        }
+        loop {
+            let r = self.read().await?;
+            match r {
+                Response::Progress => {}
+                Response::AddHeader { name, value } => {
+                    changes.headers.push(HeaderChange::Add { name, value })
+                }
+                Response::InsertHeader { index, name, value } => changes
+                    .headers
+                    .push(HeaderChange::Insert { index, name, value }),
+                Response::ChangeHeader { index, name, value } => changes
+                    .headers
+                    .push(HeaderChange::Change { index, name, value }),
+                Response::AddRcpt(a) | Response::AddRcptPar { rcpt: a, .. } => {
+                    changes.add_rcpts.push(a)
+                }
+                Response::DelRcpt(a) => changes.del_rcpts.push(a),
+                Response::ChangeFrom { from, .. } => changes.from = Some(from),
+                Response::ReplaceBody(b) => changes.body.get_or_insert_with(Vec::new).extend(b),
+                Response::Quarantine(why) => changes.quarantine = Some(why),
+                other => return Ok(other),
+            }
+        }
+    }
+}
+
+/// The milters of one SMTP session.
+pub struct Milters {
+    conns: Vec<Option<Conn>>,
+    ctx: Context,
+}
+
+fn strip_brackets(a: &str) -> String {
+    let a = a.trim();
+    let a = a.strip_prefix('<').unwrap_or(a);
+    a.strip_suffix('>').unwrap_or(a).to_string()
+}
+
+fn reply_of(text: &str) -> Reply {
+    let code: u16 = text.get(..3).and_then(|c| c.parse().ok()).unwrap_or(550);
+    let rest = text.get(4..).unwrap_or("").trim();
+    let (enh, msg) = match rest.split_once(' ') {
+        Some((e, m)) if e.parse::<smtp_proto::EnhancedCode>().is_ok() => (e.parse().ok(), m),
+        _ => (None, rest),
+    };
+    Reply::new(code, enh, msg)
+}
+
+impl Milters {
+    /// Connects to every milter and negotiates; a milter that cannot be reached gets its
+    /// `on_failure` treatment at the first stage.
+    pub async fn connect(cfgs: &[Milter], ctx: Context) -> (Milters, Verdict) {
+        let mut conns = Vec::new();
+        let mut verdict = Verdict::Continue;
+        for m in cfgs {
+            match Self::open(m).await {
+                Ok(c) => conns.push(Some(c)),
+                Err(e) => {
+                    warn!(milter = %name_of(m), "cannot use the milter: {e}");
+                    conns.push(None);
+                    if let Some(v) = failure_verdict(m.on_failure) {
+                        verdict = v;
+                    }
+                }
+            }
+        }
+        let mut ms = Milters { conns, ctx };
+        if verdict == Verdict::Continue {
+            let cmd = Command::Connect {
+                hostname: ms.ctx.client_name.clone(),
+                addr: Some(ms.ctx.client),
+            };
+            verdict = ms
+                .stage(SMFIC_CONNECT, &cmd, SMFIP_NOCONNECT, SMFIP_NR_CONN, &[])
+                .await;
+        }
+        (ms, verdict)
+    }
+
+    async fn open(m: &Milter) -> Result<Conn, Failure> {
+        let io: Box<dyn Io> = match &m.address {
+            MilterAddress::Inet(a) => Box::new(
+                tokio::time::timeout(m.timeout, tokio::net::TcpStream::connect(a))
+                    .await
+                    .map_err(|_| Failure::Timeout)??,
+            ),
+            MilterAddress::Unix(p) => Box::new(
+                tokio::time::timeout(m.timeout, tokio::net::UnixStream::connect(p))
+                    .await
+                    .map_err(|_| Failure::Timeout)??,
+            ),
+        };
+        let mut c = Conn {
+            io,
+            framer: Framer::new(),
+            protocol: 0,
+            timeout: m.timeout,
+            on_failure: m.on_failure,
+            name: name_of(m),
+            accepted: false,
+            skip_body: false,
+        };
+        // Everything we can apply; every step may be skipped or left unanswered.
+        let actions = SMFIF_ADDHDRS
+            | SMFIF_CHGBODY
+            | SMFIF_ADDRCPT
+            | SMFIF_DELRCPT
+            | SMFIF_CHGHDRS
+            | SMFIF_QUARANTINE
+            | SMFIF_CHGFROM
+            | SMFIF_ADDRCPT_PAR;
+        let protocol = SMFIP_NOCONNECT
+            | SMFIP_NOHELO
+            | SMFIP_NOMAIL
+            | SMFIP_NORCPT
+            | SMFIP_NOBODY
+            | SMFIP_NOHDRS
+            | SMFIP_NOEOH
+            | SMFIP_NR_HDR
+            | SMFIP_NOUNKNOWN
+            | SMFIP_NODATA
+            | SMFIP_SKIP
+            | SMFIP_NR_CONN
+            | SMFIP_NR_HELO
+            | SMFIP_NR_MAIL
+            | SMFIP_NR_RCPT
+            | SMFIP_NR_DATA
+            | SMFIP_NR_UNKN
+            | SMFIP_NR_EOH
+            | SMFIP_NR_BODY;
+        c.send(&Command::OptNeg {
+            version: SMFI_PROT_VERSION,
+            actions,
+            protocol,
+        })
+        .await?;
+        match c.read().await? {
+            Response::OptNeg { protocol: p, .. } => c.protocol = p & protocol,
+            other => {
+                return Err(Failure::Protocol(milter_proto::Error::Malformed {
+                    code: '?',
+                    why: if matches!(other, Response::Continue) {
+                        "no option negotiation"
+                    } else {
+                        "unexpected answer to option negotiation"
+                    },
+                }));
+            }
+        }
+        debug!(milter = %c.name, protocol = c.protocol, "milter negotiated");
+        Ok(c)
+    }
+
+    fn macros(&self, stage: u8, extra: &[(&str, String)]) -> Command {
+        let mut pairs: Vec<(String, String)> = match stage {
+            SMFIC_CONNECT => vec![
+                ("j".into(), self.ctx.hostname.clone()),
+                ("{daemon_name}".into(), "postrider".into()),
+                ("{if_addr}".into(), self.ctx.local.ip().to_string()),
+                ("{client_addr}".into(), self.ctx.client.ip().to_string()),
+                ("{client_name}".into(), self.ctx.client_name.clone()),
+                (
+                    "_".into(),
+                    format!("{} [{}]", self.ctx.client_name, self.ctx.client.ip()),
+                ),
+            ],
+            _ => Vec::new(),
+        };
+        pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        Command::Macros { stage, pairs }
+    }
+
+    /// One stage at every milter, in order; the first verdict other than continue wins.
+    async fn stage(
+        &mut self,
+        stage: u8,
+        cmd: &Command,
+        no_call: u32,
+        no_reply: u32,
+        macros: &[(&str, String)],
+    ) -> Verdict {
+        let mut ignored = Changes::default();
+        let macro_cmd = self.macros(stage, macros);
+        for slot in &mut self.conns {
+            let Some(c) = slot else { continue };
+            if c.accepted || c.protocol & no_call != 0 {
+                continue;
+            }
+            let res = async {
+                c.send(&macro_cmd).await?;
+                c.call(cmd, no_reply, &mut ignored).await
+            }
+            .await;
+            match res {
+                Ok(r) => match Self::judge(c, r) {
+                    Verdict::Continue => {}
+                    v => return v,
+                },
+                Err(e) => {
+                    warn!(milter = %c.name, "milter failed: {e}");
+                    let f = c.on_failure;
+                    *slot = None;
+                    if let Some(v) = failure_verdict(f) {
+                        return v;
+                    }
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    fn judge(c: &mut Conn, r: Response) -> Verdict {
+        match r {
+            Response::Continue | Response::Skip => Verdict::Continue,
+            Response::Accept => {
+                c.accepted = true;
+                Verdict::Continue
+            }
+            Response::Reject => {
+                Verdict::Reject(Reply::new(550, "5.7.1".parse().ok(), "Command rejected"))
+            }
+            Response::Tempfail => Verdict::Tempfail(Reply::new(
+                451,
+                "4.7.1".parse().ok(),
+                "Service unavailable - try again later",
+            )),
+            Response::ReplyCode(t) => {
+                let r = reply_of(&t);
+                if r.code() >= 500 {
+                    Verdict::Reject(r)
+                } else {
+                    Verdict::Tempfail(r)
+                }
+            }
+            Response::Discard => Verdict::Discard,
+            Response::ConnFail | Response::Shutdown => {
+                Verdict::Tempfail(Reply::new(421, "4.7.0".parse().ok(), "Service unavailable"))
+            }
+            _ => Verdict::Continue,
+        }
+    }
+
+    pub async fn helo(&mut self, name: &str) -> Verdict {
+        let cmd = Command::Helo(name.to_string());
+        self.stage(SMFIC_HELO, &cmd, SMFIP_NOHELO, SMFIP_NR_HELO, &[])
+            .await
+    }
+
+    pub async fn mail(&mut self, from: &str, args: Vec<String>, queue_id: &str) -> Verdict {
+        for c in self.conns.iter_mut().flatten() {
+            c.accepted = false;
+            c.skip_body = false;
+        }
+        let mut a = vec![format!("<{from}>")];
+        a.extend(args);
+        let macros = [
+            ("i", queue_id.to_string()),
+            ("{mail_addr}", from.to_string()),
+        ];
+        self.stage(
+            SMFIC_MAIL,
+            &Command::Mail(a),
+            SMFIP_NOMAIL,
+            SMFIP_NR_MAIL,
+            &macros,
+        )
+        .await
+    }
+
+    pub async fn rcpt(&mut self, to: &str) -> Verdict {
+        let macros = [("{rcpt_addr}", to.to_string())];
+        let cmd = Command::Rcpt(vec![format!("<{to}>")]);
+        self.stage(SMFIC_RCPT, &cmd, SMFIP_NORCPT, SMFIP_NR_RCPT, &macros)
+            .await
+    }
+
+    /// DATA, the headers, the body in chunks, and the end of message, at every milter.
+    /// `content` is the message as received (with our Received header first).
+    pub async fn message(
+        &mut self,
+        mut content: Box<dyn Read + Send>,
+        queue_id: &str,
+    ) -> (Verdict, Changes) {
+        let mut changes = Changes::default();
+        let data = self
+            .stage(
+                SMFIC_DATA,
+                &Command::Data,
+                SMFIP_NODATA,
+                SMFIP_NR_DATA,
+                &[("i", queue_id.into())],
+            )
+            .await;
+        if data != Verdict::Continue {
+            return (data, changes);
+        }
+        // Headers are small: read them whole; the body goes out chunk by chunk.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head != b"\r\n" {
+            match content.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        let headers = crate::milter::parse_headers(&head);
+        for (name, value) in &headers {
+            let cmd = Command::Header {
+                name: name.clone(),
+                value: value.trim_start().to_string(),
+            };
+            let v = self
+                .each(&cmd, SMFIP_NOHDRS, SMFIP_NR_HDR, &mut changes)
+                .await;
+            if v != Verdict::Continue {
+                return (v, changes);
+            }
+        }
+        let v = self
+            .each(
+                &Command::EndOfHeaders,
+                SMFIP_NOEOH,
+                SMFIP_NR_EOH,
+                &mut changes,
+            )
+            .await;
+        if v != Verdict::Continue {
+            return (v, changes);
+        }
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let n = match content.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let cmd = Command::Body(chunk[..n].to_vec());
+            let v = self
+                .each(&cmd, SMFIP_NOBODY, SMFIP_NR_BODY, &mut changes)
+                .await;
+            if v != Verdict::Continue {
+                return (v, changes);
+            }
+        }
+        let eom = [("i", queue_id.to_string())];
+        let macro_cmd = self.macros(SMFIC_BODYEOB, &eom);
+        for slot in &mut self.conns {
+            let Some(c) = slot else { continue };
+            if c.accepted {
+                continue;
+            }
+            let res = async {
+                c.send(&macro_cmd).await?;
+                c.call(&Command::EndOfBody, 0, &mut changes).await
+            }
+            .await;
+            match res {
+                Ok(r) => {
+                    let v = Self::judge(c, r);
+                    if v != Verdict::Continue {
+                        return (v, changes);
+                    }
+                }
+                Err(e) => {
+                    warn!(milter = %c.name, "milter failed at end of message: {e}");
+                    let f = c.on_failure;
+                    *slot = None;
+                    if let Some(v) = failure_verdict(f) {
+                        return (v, changes);
+                    }
+                }
+            }
+        }
+        (Verdict::Continue, changes)
+    }
+
+    /// A message-stage command at every milter still listening (headers, body).
+    async fn each(
+        &mut self,
+        cmd: &Command,
+        no_call: u32,
+        no_reply: u32,
+        changes: &mut Changes,
+    ) -> Verdict {
+        let body = matches!(cmd, Command::Body(_));
+        for slot in &mut self.conns {
+            let Some(c) = slot else { continue };
+            if c.accepted || c.protocol & no_call != 0 || (body && c.skip_body) {
+                continue;
+            }
+            match c.call(cmd, no_reply, changes).await {
+                Ok(Response::Skip) if body => c.skip_body = true,
+                Ok(r) => match Self::judge(c, r) {
+                    Verdict::Continue => {}
+                    v => return v,
+                },
+                Err(e) => {
+                    warn!(milter = %c.name, "milter failed: {e}");
+                    let f = c.on_failure;
+                    *slot = None;
+                    if let Some(v) = failure_verdict(f) {
+                        return v;
+                    }
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// The transaction was reset (RSET, or refused): milters forget the message.
+    pub async fn abort(&mut self) {
+        for slot in &mut self.conns {
+            if let Some(c) = slot
+                && c.send(&Command::Abort).await.is_err()
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    pub async fn quit(&mut self) {
+        for c in self.conns.iter_mut().flatten() {
+            let _ = c.send(&Command::Quit).await;
+        }
+    }
+}
+
+fn name_of(m: &Milter) -> String {
+    match &m.address {
+        MilterAddress::Inet(a) => format!("inet:{a}"),
+        MilterAddress::Unix(p) => format!("unix:{}", p.display()),
+    }
+}
+
+/// What a broken milter means under its `on_failure`; `None` carries on without it.
+fn failure_verdict(f: MilterFailure) -> Option<Verdict> {
+    match f {
+        MilterFailure::Accept => None,
+        MilterFailure::Tempfail => Some(Verdict::Tempfail(Reply::new(
+            451,
+            "4.3.0".parse().ok(),
+            "Temporary failure in content checks, try again later",
+        ))),
+        MilterFailure::Reject => Some(Verdict::Reject(Reply::new(
+            550,
+            "5.7.1".parse().ok(),
+            "Content checks unavailable",
+        ))),
+    }
+}
+
+/// Splits a header section into (name, raw value) pairs; folded lines stay in the value
+/// with their CRLF.
+pub fn parse_headers(head: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(head);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.split("\r\n") {
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push_str("\r\n");
+                last.1.push_str(line);
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            out.push((name.to_string(), value.to_string()));
+        }
+    }
+    out
+}
+
+/// Rebuilds the header section with the milters' changes (sendmail's semantics: add
+/// appends, insert puts before the `index`th header (0 = first), change/delete the
+/// `index`th header of that name).
+pub fn apply_headers(head: &[u8], changes: &[HeaderChange]) -> Vec<u8> {
+    let mut headers = parse_headers(head);
+    for ch in changes {
+        match ch {
+            HeaderChange::Add { name, value } => headers.push((name.clone(), format!(" {value}"))),
+            HeaderChange::Insert { index, name, value } => {
+                let at = (*index as usize).min(headers.len());
+                headers.insert(at, (name.clone(), format!(" {value}")));
+            }
+            HeaderChange::Change { index, name, value } => {
+                let pos = headers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (n, _))| n.eq_ignore_ascii_case(name))
+                    .nth((*index as usize).saturating_sub(1))
+                    .map(|(i, _)| i);
+                match (pos, value.is_empty()) {
+                    (Some(i), true) => {
+                        headers.remove(i);
+                    }
+                    (Some(i), false) => headers[i].1 = format!(" {value}"),
+                    (None, false) => headers.push((name.clone(), format!(" {value}"))),
+                    (None, true) => {}
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(head.len() + 256);
+    for (n, v) in headers {
+        out.extend_from_slice(n.as_bytes());
+        out.push(b':');
+        // Milters send LF line breaks inside values; mail needs CRLF.
+        out.extend_from_slice(v.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+pub fn strip(a: &str) -> String {
+    strip_brackets(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_changes_follow_sendmail() {
+        let head = b"Received: from x\r\n\tby y\r\nSubject: hi\r\nX-A: 1\r\nX-A: 2\r\n\r\n";
+        let out = apply_headers(
+            head,
+            &[
+                HeaderChange::Add {
+                    name: "X-New".into(),
+                    value: "v".into(),
+                },
+                HeaderChange::Change {
+                    index: 2,
+                    name: "x-a".into(),
+                    value: "".into(),
+                },
+                HeaderChange::Change {
+                    index: 1,
+                    name: "Subject".into(),
+                    value: "changed".into(),
+                },
+                HeaderChange::Insert {
+                    index: 0,
+                    name: "X-First".into(),
+                    value: "0".into(),
+                },
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "X-First: 0\r\nReceived: from x\r\n\tby y\r\nSubject: changed\r\nX-A: 1\r\nX-New: v\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn replies_from_milters() {
+        let r = reply_of("550 5.7.1 no thanks");
+        assert_eq!(r.code(), 550);
+        assert_eq!(r.to_string().trim_end(), "550 5.7.1 no thanks");
+        assert_eq!(strip("<a@b>"), "a@b");
+    }
+}
