@@ -334,10 +334,7 @@ impl Milters {
                     v => return v,
                 },
                 Err(e) => {
-                    warn!(milter = %c.name, "milter failed: {e}");
-                    let f = c.on_failure;
-                    *slot = None;
-                    if let Some(v) = failure_verdict(f) {
+                    if let Some(v) = drop_failed(slot, &e) {
                         return v;
                     }
                 }
@@ -498,10 +495,7 @@ impl Milters {
                     }
                 }
                 Err(e) => {
-                    warn!(milter = %c.name, "milter failed at end of message: {e}");
-                    let f = c.on_failure;
-                    *slot = None;
-                    if let Some(v) = failure_verdict(f) {
+                    if let Some(v) = drop_failed(slot, &e) {
                         return (v, changes);
                     }
                 }
@@ -531,10 +525,7 @@ impl Milters {
                     v => return v,
                 },
                 Err(e) => {
-                    warn!(milter = %c.name, "milter failed: {e}");
-                    let f = c.on_failure;
-                    *slot = None;
-                    if let Some(v) = failure_verdict(f) {
+                    if let Some(v) = drop_failed(slot, &e) {
                         return v;
                     }
                 }
@@ -559,6 +550,13 @@ impl Milters {
             let _ = c.send(&Command::Quit).await;
         }
     }
+}
+
+/// Forgets a milter that failed; its `on_failure` decides whether the stage goes on.
+fn drop_failed(slot: &mut Option<Conn>, e: &Failure) -> Option<Verdict> {
+    let c = slot.take()?;
+    warn!(milter = %c.name, "milter failed: {e}");
+    failure_verdict(c.on_failure)
 }
 
 fn name_of(m: &Milter) -> String {
