@@ -4,6 +4,7 @@
     bench/bench.py receive   # smtp-source -> MTA (postrider with delivery off; Postfix relaying)
     bench/bench.py relay     # smtp-source -> MTA -> smtp-sink, until the last message arrives
     bench/bench.py connection  # 10,000 queued messages drained over one connection
+    bench/bench.py milter      # with and without an opendkim milter
     bench/bench.py all
 
 Needs root (perf counts fsync system-wide), Postfix (smtp-source, smtp-sink, postfix) and a
@@ -303,6 +304,52 @@ def one_connection_case(sink, n=10000):
     return res
 
 
+class OpenDkim:
+    """opendkim signing for sign.test on a loopback port."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="dkim-bench-")
+        self.port = free_port()
+        subprocess.run(["opendkim-genkey", "-b", "2048", "-d", "sign.test", "-s", "sel", "-D", self.dir],
+                       check=True)
+        conf = os.path.join(self.dir, "opendkim.conf")
+        with open(conf, "w") as f:
+            f.write(f"Mode s\nDomain sign.test\nSelector sel\nKeyFile {self.dir}/sel.private\n"
+                    f"Socket inet:{self.port}@127.0.0.1\nCanonicalization relaxed/simple\n"
+                    f"InternalHosts 127.0.0.1\nBackground no\nRequireSafeKeys false\n"
+                    f"PidFile {self.dir}/pid\nSyslog no\n")
+        self.proc = subprocess.Popen(["opendkim", "-f", "-x", conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def milter_case(n=3000, conc=10):
+    """Messages/s accepted with delivery off, without a milter and through one opendkim."""
+    res = {}
+    for name in ("none", "opendkim"):
+        dkim = OpenDkim() if name == "opendkim" else None
+        extra = "[delivery]\nenabled = false\n"
+        if dkim:
+            extra += f'[[milter]]\naddress = "inet:127.0.0.1:{dkim.port}"\n'
+        mta = Postrider(extra)
+        try:
+            cmd = ["smtp-source", "-m", str(n), "-s", str(conc), "-l", "1024", "-f", "author@sign.test",
+                   "-t", "rcpt@dst.test", f"127.0.0.1:{mta.port}"]
+            t0 = time.time()
+            subprocess.run(cmd, check=True)
+            res[name] = n / (time.time() - t0)
+        finally:
+            mta.stop()
+            if dkim:
+                dkim.stop()
+    return res
+
+
 def latency_case(mta_factory, sink, n=200):
     """Median time from the 250 after DATA to the message's arrival at the sink, concurrency 1."""
     import smtplib
@@ -379,6 +426,12 @@ def main():
         pf_lat = latency_case(pf_factory, sink)
         print(f"\nMedian latency from 250 to arrival at concurrency 1: postrider {pr_lat:.2f} ms, Postfix {pf_lat:.2f} ms")
         sink.stop()
+    if what in ("milter", "all"):
+        r = milter_case()
+        print("\n## Through one milter (opendkim signing), 1 KB, concurrency 10, delivery off\n")
+        print("| no milter msg/s | opendkim msg/s | ratio |")
+        print("|---|---|---|")
+        print(f"| {r['none']:.0f} | {r['opendkim']:.0f} | {r['opendkim'] / r['none']:.2f} |")
     if what in ("connection", "all"):
         sink = Sink()
         r = one_connection_case(sink)

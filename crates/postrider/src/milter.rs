@@ -99,8 +99,15 @@ enum Failure {
 
 impl Conn {
     async fn send(&mut self, cmd: &Command) -> Result<(), Failure> {
+        self.send_all(&[cmd]).await
+    }
+
+    /// Several packets in one write (macros and the command they belong to).
+    async fn send_all(&mut self, cmds: &[&Command]) -> Result<(), Failure> {
         let mut out = Vec::new();
-        cmd.encode(&mut out);
+        for cmd in cmds {
+            cmd.encode(&mut out);
+        }
         tokio::time::timeout(self.timeout, self.io.write_all(&out))
             .await
             .map_err(|_| Failure::Timeout)??;
@@ -131,7 +138,21 @@ impl Conn {
         no_reply: u32,
         changes: &mut Changes,
     ) -> Result<Response, Failure> {
-        self.send(cmd).await?;
+        self.call_with(None, cmd, no_reply, changes).await
+    }
+
+    /// `call`, with the stage's macros sent in the same write.
+    async fn call_with(
+        &mut self,
+        macros: Option<&Command>,
+        cmd: &Command,
+        no_reply: u32,
+        changes: &mut Changes,
+    ) -> Result<Response, Failure> {
+        match macros {
+            Some(m) => self.send_all(&[m, cmd]).await?,
+            None => self.send(cmd).await?,
+        }
         if self.protocol & no_reply != 0 {
             return Ok(Response::Continue);
         }
@@ -216,11 +237,15 @@ impl Milters {
 
     async fn open(m: &Milter) -> Result<Conn, Failure> {
         let io: Box<dyn Io> = match &m.address {
-            MilterAddress::Inet(a) => Box::new(
-                tokio::time::timeout(m.timeout, tokio::net::TcpStream::connect(a))
+            MilterAddress::Inet(a) => {
+                let s = tokio::time::timeout(m.timeout, tokio::net::TcpStream::connect(a))
                     .await
-                    .map_err(|_| Failure::Timeout)??,
-            ),
+                    .map_err(|_| Failure::Timeout)??;
+                // Many small request/reply packets: Nagle plus delayed ACKs would add
+                // tens of milliseconds to each.
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
             MilterAddress::Unix(p) => Box::new(
                 tokio::time::timeout(m.timeout, tokio::net::UnixStream::connect(p))
                     .await
@@ -323,11 +348,9 @@ impl Milters {
             if c.accepted || c.protocol & no_call != 0 {
                 continue;
             }
-            let res = async {
-                c.send(&macro_cmd).await?;
-                c.call(cmd, no_reply, &mut ignored).await
-            }
-            .await;
+            let res = c
+                .call_with(Some(&macro_cmd), cmd, no_reply, &mut ignored)
+                .await;
             match res {
                 Ok(r) => match Self::judge(c, r) {
                     Verdict::Continue => {}
@@ -482,11 +505,9 @@ impl Milters {
             if c.accepted {
                 continue;
             }
-            let res = async {
-                c.send(&macro_cmd).await?;
-                c.call(&Command::EndOfBody, 0, &mut changes).await
-            }
-            .await;
+            let res = c
+                .call_with(Some(&macro_cmd), &Command::EndOfBody, 0, &mut changes)
+                .await;
             match res {
                 Ok(r) => {
                     let v = Self::judge(c, r);
