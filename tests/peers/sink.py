@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 
 from aiosmtpd.controller import Controller
@@ -28,6 +29,7 @@ from aiosmtpd.smtp import SMTP
 
 class Stats:
     def __init__(self, out):
+        self.lock = threading.Lock()
         self.path = os.path.join(out, "stats.json")
         self.conn_log = os.path.join(out, "connections.jsonl")
         self.open = 0
@@ -39,11 +41,13 @@ class Stats:
         self.write()
 
     def write(self):
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"open": self.open, "max_open": self.max_open, "connections": self.total,
-                       "domain_max": self.domain_max}, f)
-        os.replace(tmp, self.path)
+        # The server thread and the main thread both write: one at a time.
+        with self.lock:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"open": self.open, "max_open": self.max_open, "connections": self.total,
+                           "domain_max": self.domain_max}, f)
+            os.replace(tmp, self.path)
 
     def opened(self):
         self.open += 1

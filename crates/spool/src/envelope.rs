@@ -133,6 +133,24 @@ impl Recipient {
 }
 
 impl Envelope {
+    /// What the spool writer keeps of a live message: only its id. The queue manager owns
+    /// the envelope; keeping a second copy would double the memory of a large queue.
+    pub(crate) fn placeholder(id: TxnId) -> Envelope {
+        Envelope {
+            id,
+            arrival: 0,
+            sender: String::new(),
+            envid: None,
+            ret: None,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            client: String::new(),
+            held: false,
+            recipients: Vec::new(),
+            kind: MessageKind::Mail,
+        }
+    }
+
     /// Recipients not yet delivered or failed.
     pub fn open_recipients(&self) -> usize {
         self.recipients

@@ -224,6 +224,7 @@ struct Inner {
     stats: Arc<Stats>,
     ids: IdGenerator,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    relocations: Mutex<Option<mpsc::UnboundedReceiver<Vec<TxnId>>>>,
     _lock: File,
 }
 
@@ -344,15 +345,17 @@ fn replay(dir: &Path, repair: bool) -> Result<(State, RecoveryReport, Vec<u64>),
     Ok((st, rep, segs))
 }
 
-fn recovery_of(st: &State, report: RecoveryReport) -> Recovery {
+/// Moves the recovered envelopes out of `st` (leaving placeholders): the queue manager
+/// owns them from here on.
+fn recovery_of(st: &mut State, report: RecoveryReport) -> Recovery {
     let mut messages: Vec<(Envelope, MessageRef)> = st
         .live
-        .values()
-        .map(|l| {
+        .iter_mut()
+        .map(|(id, l)| {
             (
-                l.env.clone(),
+                std::mem::replace(&mut l.env, Envelope::placeholder(*id)),
                 MessageRef {
-                    id: l.env.id,
+                    id: *id,
                     len: l.loc.len(),
                 },
             )
@@ -371,8 +374,8 @@ fn recovery_of(st: &State, report: RecoveryReport) -> Recovery {
 
 /// Reads the queue without taking the spool over (for `postrider queue` with no daemon).
 pub fn inspect(dir: &Path) -> Result<Recovery, SpoolError> {
-    let (st, rep, _) = replay(dir, false)?;
-    Ok(recovery_of(&st, rep))
+    let (mut st, rep, _) = replay(dir, false)?;
+    Ok(recovery_of(&mut st, rep))
 }
 
 /// Opens (creating if needed) and recovers the spool, and starts its writer thread.
@@ -418,13 +421,15 @@ pub fn open(cfg: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
         }
     }
 
-    let recovery = recovery_of(&st, rep);
+    let mut st = st;
+    let recovery = recovery_of(&mut st, rep);
     let index: HashMap<TxnId, Loc> = st.live.iter().map(|(id, l)| (*id, l.loc)).collect();
     let index = Arc::new(Mutex::new(index));
     let ids = IdGenerator::starting_after(st.max_id);
     let (tx, rx) = mpsc::channel(4096);
     let stats = Arc::new(Stats::default());
-    let w = writer::Writer::start(cfg, st, segs, index.clone(), stats.clone())?;
+    let (reloc_tx, reloc_rx) = mpsc::unbounded_channel();
+    let w = writer::Writer::start(cfg, st, segs, index.clone(), stats.clone(), reloc_tx)?;
     let thread = std::thread::Builder::new()
         .name("spool-writer".into())
         .spawn(move || w.run(rx))
@@ -437,6 +442,7 @@ pub fn open(cfg: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
             stats,
             ids,
             thread: Mutex::new(Some(thread)),
+            relocations: Mutex::new(Some(reloc_rx)),
             _lock: lock,
         }),
     };
@@ -504,6 +510,32 @@ impl Spool {
             content.committed_file = None;
         }
         r
+    }
+
+    /// Compaction requests: messages that pin an old segment and should be written again
+    /// with their current envelope ([`Spool::relocate`]). The owner of the envelopes (the
+    /// queue manager) takes this once; without it, old segments are kept.
+    pub fn relocation_requests(&self) -> Option<mpsc::UnboundedReceiver<Vec<TxnId>>> {
+        self.inner
+            .relocations
+            .lock()
+            .expect("relocations lock")
+            .take()
+    }
+
+    /// Writes a live message again at the head of the log with `env` (its current state)
+    /// and its content, so the segment holding its old record can be reclaimed.
+    pub async fn relocate(&self, env: Envelope) -> Result<(), SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Request::Relocate {
+                env: Box::new(env),
+                reply,
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
     }
 
     /// Records changes to the queue durably.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::TxnId;
 use crate::envelope::{Envelope, Update};
 use crate::state::{Loc, State};
 use crate::{
@@ -37,6 +38,11 @@ pub enum Request {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Write this live message again with this (current) envelope: see `compact`.
+    Relocate {
+        env: Box<Envelope>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
 }
 
 /// Most requests taken into one group commit; bounds the latency of the first one.
@@ -58,6 +64,8 @@ pub struct Writer {
     /// Size of the previous batch and how long its fsync took, for the commit delay.
     last_batch: usize,
     last_sync: Duration,
+    reloc_tx: mpsc::UnboundedSender<Vec<TxnId>>,
+    last_request: Option<Instant>,
 }
 
 impl Writer {
@@ -67,6 +75,7 @@ impl Writer {
         mut segs: Vec<u64>,
         index: Arc<Index>,
         stats: Arc<Stats>,
+        reloc_tx: mpsc::UnboundedSender<Vec<TxnId>>,
     ) -> Result<Writer, SpoolError> {
         // Each start gets a fresh segment: the old last one may end in a repaired tail and
         // stays read-only until reclaimed.
@@ -91,6 +100,8 @@ impl Writer {
             stats,
             last_batch: 0,
             last_sync: Duration::ZERO,
+            reloc_tx,
+            last_request: None,
         };
         w.maintain();
         Ok(w)
@@ -157,6 +168,11 @@ impl Writer {
     /// Returns true when asked to shut down.
     fn process(&mut self, batch: Vec<Request>) -> bool {
         self.stats.record_batch(batch.len());
+        // Relocations are rare and each reads an old record: written one by one after the
+        // batch.
+        let (relocs, batch): (Vec<Request>, Vec<Request>) = batch
+            .into_iter()
+            .partition(|r| matches!(r, Request::Relocate { .. }));
         let mut buf = Vec::with_capacity(64 * 1024);
         // (request index, record offset in buf, inline content offset)
         let mut placed: Vec<Option<u64>> = Vec::with_capacity(batch.len());
@@ -184,6 +200,7 @@ impl Writer {
                     shutdown = true;
                     placed.push(None);
                 }
+                Request::Relocate { .. } => unreachable!("relocations were set apart"),
             }
         }
         // New content files must be reachable after a crash before a record names them.
@@ -218,7 +235,11 @@ impl Writer {
                                 len: loc.len(),
                             };
                             self.index.lock().expect("index lock").insert(env.id, loc);
-                            self.state.add_message(*env, self.active_seg, loc);
+                            self.state.add_message(
+                                Envelope::placeholder(env.id),
+                                self.active_seg,
+                                loc,
+                            );
                             self.stats.commits.fetch_add(1, Ordering::Relaxed);
                             Ok(m)
                         }
@@ -244,6 +265,7 @@ impl Writer {
                 Request::Shutdown { reply } => {
                     let _ = reply.send(());
                 }
+                Request::Relocate { .. } => unreachable!("relocations were set apart"),
             }
         }
         if !removed.is_empty() {
@@ -255,6 +277,11 @@ impl Writer {
         for r in removed {
             if let Loc::External { .. } = r.loc {
                 let _ = fs::remove_file(content_path(&self.cfg.dir, r.id));
+            }
+        }
+        for r in relocs {
+            if let Request::Relocate { env, reply } = r {
+                let _ = reply.send(self.relocate(*env));
             }
         }
         if !shutdown {
@@ -271,9 +298,7 @@ impl Writer {
         {
             warn!("could not start a new log segment: {e}");
         }
-        if let Err(e) = self.compact() {
-            warn!("log compaction: {e}");
-        }
+        self.compact();
         if let Err(e) = self.reclaim() {
             warn!("log reclaim: {e}");
         }
@@ -325,60 +350,77 @@ impl Writer {
         Ok(())
     }
 
-    /// Copies live messages out of the oldest segment when too many segments pile up
-    /// behind it (a few deferred messages must not pin gigabytes of delivered mail).
-    fn compact(&mut self) -> Result<(), SpoolError> {
-        if self.segs.len() <= self.cfg.max_segments {
-            return Ok(());
+    /// Asks the envelopes' owner to rewrite the live messages of the oldest segment when too
+    /// many segments pile up behind it (a few deferred messages must not pin gigabytes of
+    /// delivered mail). At most once a second, a bounded number at a time.
+    fn compact(&mut self) {
+        if self.segs.len() <= self.cfg.max_segments
+            || self
+                .last_request
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
         }
         let oldest = self.segs[0];
-        let movers: Vec<(Envelope, Loc)> = self
+        let ids: Vec<TxnId> = self
             .state
             .live
-            .values()
-            .filter(|l| l.seg == oldest)
+            .iter()
+            .filter(|(_, l)| l.seg == oldest)
             .take(RELOCATE_PER_BATCH)
-            .map(|l| (l.env.clone(), l.loc))
+            .map(|(id, _)| *id)
             .collect();
-        if movers.is_empty() {
+        if !ids.is_empty() {
+            let _ = self.reloc_tx.send(ids);
+            self.last_request = Some(Instant::now());
+        }
+    }
+
+    /// Writes a live message again in the active segment, with the envelope its owner sent
+    /// (its current state) and its content copied from the old record.
+    fn relocate(&mut self, env: Envelope) -> Result<(), SpoolError> {
+        let Some(live) = self.state.live.get(&env.id) else {
+            // Delivered or deleted meanwhile: nothing to keep.
+            return Ok(());
+        };
+        if live.seg == self.active_seg {
             return Ok(());
         }
+        let (old_seg, loc) = (live.seg, live.loc);
         let mut buf = Vec::new();
-        let mut placed = Vec::new();
-        let path: PathBuf = seg_path(&self.cfg.dir, oldest);
-        let mut old = File::open(&path)
-            .map_err(|e| SpoolError::io(format!("opening {}", path.display()), e))?;
-        for (env, loc) in movers {
-            match loc {
-                Loc::Inline { offset, len, .. } => {
-                    let mut content = vec![0; len as usize];
-                    old.seek(SeekFrom::Start(offset))
-                        .and_then(|_| old.read_exact(&mut content))
-                        .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
-                    let off = record::encode_message(&env, Some(&content), 0, &mut buf);
-                    placed.push((env, Some(off as u64), loc));
-                }
-                Loc::External { len } => {
-                    record::encode_message(&env, None, len, &mut buf);
-                    placed.push((env, None, loc));
-                }
+        let inline = match loc {
+            Loc::Inline { offset, len, .. } => {
+                let path: PathBuf = seg_path(&self.cfg.dir, old_seg);
+                let mut content = vec![0; len as usize];
+                File::open(&path)
+                    .and_then(|mut f| {
+                        f.seek(SeekFrom::Start(offset))?;
+                        f.read_exact(&mut content)
+                    })
+                    .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
+                Some(record::encode_message(&env, Some(&content), 0, &mut buf) as u64)
             }
-        }
+            Loc::External { len } => {
+                record::encode_message(&env, None, len, &mut buf);
+                None
+            }
+        };
         let base = self.active_len;
         self.append(&buf)?;
-        let mut index = self.index.lock().expect("index lock");
-        for (env, inline, old_loc) in placed {
-            let loc = match inline {
-                Some(off) => Loc::Inline {
-                    seg: self.active_seg,
-                    offset: base + off,
-                    len: old_loc.len(),
-                },
-                None => old_loc,
-            };
-            index.insert(env.id, loc);
-            self.state.add_message(env, self.active_seg, loc);
-        }
+        let new_loc = match inline {
+            Some(off) => Loc::Inline {
+                seg: self.active_seg,
+                offset: base + off,
+                len: loc.len(),
+            },
+            None => loc,
+        };
+        self.index
+            .lock()
+            .expect("index lock")
+            .insert(env.id, new_loc);
+        self.state
+            .add_message(Envelope::placeholder(env.id), self.active_seg, new_loc);
         Ok(())
     }
 }

@@ -30,6 +30,8 @@ struct Msg {
     open: usize,
     /// A DSN for some recipients is being written; the message stays until it is durable.
     dsn_in_flight: bool,
+    /// Delivery attempts carrying this message now: its spool state may be ahead of `env`.
+    attempts: u16,
 }
 
 pub enum QueueMsg {
@@ -97,6 +99,10 @@ pub struct Manager {
     tx: mpsc::Sender<QueueMsg>,
     /// Spool writes started in the background, waited for before the manager returns.
     background: tokio_util::task::TaskTracker,
+    /// The spool's requests to rewrite messages that pin old segments.
+    relocations: Option<mpsc::UnboundedReceiver<Vec<TxnId>>>,
+    /// Messages in each running attempt.
+    in_attempt: HashMap<DomainId, Vec<TxnId>>,
 }
 
 fn unix_now() -> u64 {
@@ -127,7 +133,11 @@ impl Manager {
             rx,
             tx: tx.clone(),
             background: tokio_util::task::TaskTracker::new(),
+            relocations: None,
+            in_attempt: HashMap::new(),
         };
+        let mut m = m;
+        m.relocations = m.spool.relocation_requests();
         (m, QueueHandle { tx })
     }
 
@@ -183,6 +193,7 @@ impl Manager {
                 size,
                 open,
                 dsn_in_flight: false,
+                attempts: 0,
             },
         );
     }
@@ -215,6 +226,29 @@ impl Manager {
             return Some(Update::Done { id });
         }
         None
+    }
+
+    /// The spool wants these messages written again (compaction). Only the queue manager
+    /// knows their current state; a message out on an attempt or a DSN is skipped (its
+    /// newest results are not in `env` yet) and asked for again later.
+    fn relocate(&mut self, ids: Vec<TxnId>) {
+        let envs: Vec<Envelope> = ids
+            .iter()
+            .filter_map(|id| self.messages.get(id))
+            .filter(|m| m.attempts == 0 && !m.dsn_in_flight)
+            .map(|m| m.env.clone())
+            .collect();
+        if envs.is_empty() {
+            return;
+        }
+        let spool = self.spool.clone();
+        self.background.spawn(async move {
+            for env in envs {
+                if let Err(e) = spool.relocate(env).await {
+                    tracing::warn!("compaction: {e}");
+                }
+            }
+        });
     }
 
     fn record_in_background(&self, updates: Vec<Update>) {
@@ -317,6 +351,12 @@ impl Manager {
                     }
                     None => return,
                 },
+                Some(ids) = async {
+                    match self.relocations.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.relocate(ids),
                 _ = sleep => {}
                 _ = shutdown.cancelled(), if self.sched.in_flight() == 0 => break,
             }
@@ -336,6 +376,13 @@ impl Manager {
             .start_next(now, self.settings.messages_per_connection)
         {
             let attempt = self.build_attempt(domain, batch, unow);
+            let ids: Vec<TxnId> = attempt.messages.iter().map(|m| m.id).collect();
+            for id in &ids {
+                if let Some(m) = self.messages.get_mut(id) {
+                    m.attempts += 1;
+                }
+            }
+            self.in_attempt.insert(domain, ids);
             let deliverer = self.deliverer.clone();
             let tx = self.tx.clone();
             tokio::spawn(async move {
@@ -418,6 +465,11 @@ impl Manager {
     }
 
     async fn attempt_done(&mut self, report: AttemptReport) {
+        for id in self.in_attempt.remove(&report.domain).unwrap_or_default() {
+            if let Some(m) = self.messages.get_mut(&id) {
+                m.attempts = m.attempts.saturating_sub(1);
+            }
+        }
         let now = Instant::now();
         let mut retry = Vec::new();
         let mut touched = Vec::new();
