@@ -397,9 +397,17 @@ impl Milters {
         }
     }
 
-    pub async fn helo(&mut self, name: &str) -> Verdict {
+    /// HELO/EHLO; `tls` is (protocol version, cipher) once STARTTLS is done.
+    pub async fn helo(&mut self, name: &str, tls: Option<&(String, String)>) -> Verdict {
         let cmd = Command::Helo(name.to_string());
-        self.stage(SMFIC_HELO, &cmd, SMFIP_NOHELO, SMFIP_NR_HELO, &[])
+        let macros: Vec<(&str, String)> = match tls {
+            Some((version, cipher)) => vec![
+                ("{tls_version}", version.clone()),
+                ("{cipher}", cipher.clone()),
+            ],
+            None => Vec::new(),
+        };
+        self.stage(SMFIC_HELO, &cmd, SMFIP_NOHELO, SMFIP_NR_HELO, &macros)
             .await
     }
 

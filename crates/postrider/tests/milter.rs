@@ -241,3 +241,32 @@ fn opendkim_signs_and_the_signature_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_milter_that_never_answers_times_out_into_its_failure_action() {
+    // Accepts connections and reads, but never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let sink = Sink::start(&[]);
+    let d = Daemon::start(&config(
+        sink.port,
+        &format!(
+            "[[milter]]\naddress = \"inet:127.0.0.1:{port}\"\non_failure = \"tempfail\"\ntimeout = \"1s\"\n"
+        ),
+    ));
+    let mut c = Raw::connect(d.port);
+    c.replies(1);
+    let started = std::time::Instant::now();
+    let r = c.cmd("EHLO client.src.test");
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the milter timeout bounds the wait"
+    );
+}

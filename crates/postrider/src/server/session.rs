@@ -278,7 +278,13 @@ impl Session {
                 return Err(r);
             }
         }
-        let v = self.milters.as_mut().expect("connected").helo(&name).await;
+        let tls = self.tls.clone();
+        let v = self
+            .milters
+            .as_mut()
+            .expect("connected")
+            .helo(&name, tls.as_ref())
+            .await;
         match self.refusal(v) {
             Some(r) => {
                 self.milter_refusal = Some(r.clone());
