@@ -7,12 +7,19 @@
 //! exist (NXDOMAIN) or refuses mail (null MX, RFC 7505) fails permanently; a DNS timeout or
 //! SERVFAIL is temporary; MX records that point back at this host are a loop (RFC 5321
 //! §5.1).
+//!
+//! Many attempts for the same domain start together (a queue run, a burst of mail to one
+//! provider), so concurrent `resolve` calls for the same domain share one lookup.
 
 pub mod local;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use config::{LmtpTarget, RouteTable, RouteTarget};
@@ -21,7 +28,9 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
+use rand::Rng;
 use rand::seq::SliceRandom;
+use tokio::sync::oneshot;
 
 pub use local::{LocalError, LocalPolicy, RcptCheck};
 
@@ -134,9 +143,48 @@ impl std::error::Error for Failure {}
 #[error("DNS resolver setup: {0}")]
 pub struct SetupError(String);
 
+type Outcome = Result<Vec<Destination>, Failure>;
+
+/// Per domain, the callers waiting for the lookup that is under way.
+type Waiters = HashMap<String, Vec<oneshot::Sender<Outcome>>>;
+
 pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+/// Shared with the spawned lookup tasks, which outlive any one caller.
+struct Inner {
     cfg: ResolverConfig,
     dns: TokioResolver,
+    in_flight: Mutex<Waiters>,
+    lookups: AtomicU64,
+}
+
+/// Owned by the task doing a lookup. Dropped without `finish` (the task panicked or the
+/// runtime is shutting down), it still removes the entry: the waiters' senders go with it,
+/// so they wake with an error instead of waiting forever, and the next call starts afresh.
+struct Flight {
+    inner: Arc<Inner>,
+    key: Option<String>,
+}
+
+impl Flight {
+    fn finish(mut self, outcome: Outcome) {
+        let Some(key) = self.key.take() else { return };
+        let waiters = self.inner.take_waiters(&key);
+        for w in waiters {
+            // A waiter that gave up (its attempt was cancelled) is no longer listening.
+            let _ = w.send(outcome.clone());
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            drop(self.inner.take_waiters(&key));
+        }
+    }
 }
 
 /// What looking up one name's addresses found.
@@ -184,7 +232,70 @@ impl Resolver {
         // Names we look up are always absolute: never append the search list.
         opts.ndots = 0;
         let dns = builder.build().map_err(|e| SetupError(e.to_string()))?;
-        Ok(Resolver { cfg, dns })
+        Ok(Resolver {
+            inner: Arc::new(Inner {
+                cfg,
+                dns,
+                in_flight: Mutex::new(HashMap::new()),
+                lookups: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// How many lookups were actually made: concurrent calls for one domain count once.
+    pub fn lookups_performed(&self) -> u64 {
+        self.inner.lookups.load(Ordering::Relaxed)
+    }
+
+    /// The destinations for mail to `domain`, best first.
+    ///
+    /// A call made while another for the same domain is under way waits for that one's
+    /// result. The lookup runs in its own task, so a caller that is cancelled does not
+    /// cancel it for the others.
+    pub async fn resolve(&self, domain: &str) -> Result<Vec<Destination>, Failure> {
+        let key = domain.trim_end_matches('.').to_ascii_lowercase();
+        let (tx, rx) = oneshot::channel();
+        let first = match self.inner.lock_in_flight().entry(key.clone()) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().push(tx);
+                false
+            }
+            Entry::Vacant(e) => {
+                e.insert(vec![tx]);
+                true
+            }
+        };
+        if first {
+            let flight = Flight {
+                inner: self.inner.clone(),
+                key: Some(key.clone()),
+            };
+            let domain = key.clone();
+            tokio::spawn(async move {
+                flight.inner.lookups.fetch_add(1, Ordering::Relaxed);
+                let outcome = flight.inner.resolve_now(&domain).await;
+                flight.finish(outcome);
+            });
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(Failure::temp(
+                "4.4.3",
+                format!("the lookup of {key} was abandoned"),
+            ))
+        })
+    }
+}
+
+impl Inner {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        // The map stays consistent whatever panicked while holding the lock.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_waiters(&self, key: &str) -> Vec<oneshot::Sender<Outcome>> {
+        self.lock_in_flight().remove(key).unwrap_or_default()
     }
 
     fn is_self(&self, addr: SocketAddr, smtp: bool) -> bool {
@@ -198,9 +309,8 @@ impl Resolver {
             .any(|l| l.port() == addr.port() && (l.ip() == addr.ip() || l.ip().is_unspecified()))
     }
 
-    /// The destinations for mail to `domain`, best first.
-    pub async fn resolve(&self, domain: &str) -> Result<Vec<Destination>, Failure> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    /// `resolve` without coalescing; `domain` is already lower case without a final dot.
+    async fn resolve_now(&self, domain: &str) -> Result<Vec<Destination>, Failure> {
         if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
             let ip: IpAddr = lit
                 .strip_prefix("ipv6:")
@@ -208,14 +318,14 @@ impl Resolver {
                 .parse()
                 .map_err(|_| Failure::perm("5.1.2", format!("bad address literal [{lit}]")))?;
             return self.finish(
-                &domain,
+                domain,
                 vec![Destination::Smtp {
                     host: ip.to_string(),
                     addr: SocketAddr::new(ip, self.cfg.port),
                 }],
             );
         }
-        let route = self.cfg.routes.lookup(&domain).cloned();
+        let route = self.cfg.routes.lookup(domain).cloned();
         let dests = match route {
             Some(RouteTarget::Literal { addr, port }) => vec![Destination::Smtp {
                 host: addr.to_string(),
@@ -227,18 +337,20 @@ impl Resolver {
             }
             Some(RouteTarget::Mx { domain: d }) => self.mx_destinations(&d).await?,
             Some(RouteTarget::Lmtp(t)) => self.lmtp_destinations(&t).await?,
-            None if self.cfg.local_domains.contains(&domain) => match self.cfg.lmtp.clone() {
-                Some(t) => self.lmtp_destinations(&t).await?,
-                None => {
-                    return Err(Failure::temp(
-                        "4.3.5",
-                        format!("{domain} is a local domain but no [local] lmtp is configured"),
-                    ));
+            None if self.cfg.local_domains.iter().any(|d| d == domain) => {
+                match self.cfg.lmtp.clone() {
+                    Some(t) => self.lmtp_destinations(&t).await?,
+                    None => {
+                        return Err(Failure::temp(
+                            "4.3.5",
+                            format!("{domain} is a local domain but no [local] lmtp is configured"),
+                        ));
+                    }
                 }
-            },
-            None => self.mx_destinations(&domain).await?,
+            }
+            None => self.mx_destinations(domain).await?,
         };
-        self.finish(&domain, dests)
+        self.finish(domain, dests)
     }
 
     fn finish(
@@ -440,8 +552,7 @@ impl Resolver {
     /// `_smtp._tcp.domain` SRV records, if any. `Ok(None)`: no SRV, fall back to MX.
     async fn srv_destinations(&self, domain: &str) -> Result<Option<Vec<Destination>>, Failure> {
         let name = format!("_smtp._tcp.{domain}.");
-        let mut recs: Vec<(u16, u16, u16, String)> = match self.dns.srv_lookup(name.as_str()).await
-        {
+        let recs: Vec<(u16, u16, u16, String)> = match self.dns.srv_lookup(name.as_str()).await {
             Ok(l) => l
                 .answers()
                 .iter()
@@ -472,10 +583,14 @@ impl Resolver {
                 format!("{domain} does not offer SMTP (SRV target '.')"),
             ));
         }
-        recs.shuffle(&mut rand::rng());
-        recs.sort_by_key(|r| (r.0, std::cmp::Reverse(r.1)));
+        let recs = srv_order(
+            recs.into_iter()
+                .map(|(prio, weight, port, host)| (prio, weight, (port, host)))
+                .collect(),
+            &mut rand::rng(),
+        );
         let mut out = Vec::new();
-        for (_, _, port, host) in recs {
+        for (port, host) in recs {
             if let Addrs::Found(ips) = self.addresses(&host).await {
                 out.extend(ips.into_iter().map(|ip| Destination::Smtp {
                     host: host.clone(),
@@ -484,5 +599,229 @@ impl Resolver {
             }
         }
         Ok((!out.is_empty()).then_some(out))
+    }
+}
+
+/// Orders SRV records `(priority, weight, record)` the way RFC 2782 says to try them:
+/// lowest priority first; within one priority, each next record is drawn with a
+/// probability proportional to its weight. Records of weight 0 are placed first in the list
+/// the draw runs over, so one of them is drawn only when the random number is 0: a small
+/// chance while records with weight remain, and an even one among themselves after that.
+fn srv_order<T>(mut recs: Vec<(u16, u16, T)>, rng: &mut impl Rng) -> Vec<T> {
+    // The RFC leaves the order within the list open; a shuffle makes records of equal
+    // weight (all-zero weights included) equally likely to come first.
+    recs.shuffle(rng);
+    recs.sort_by_key(|&(prio, weight, _)| (prio, weight != 0));
+    let mut out = Vec::with_capacity(recs.len());
+    let mut recs = recs.into_iter().peekable();
+    while let Some(first) = recs.next() {
+        let prio = first.0;
+        let mut group = vec![(first.1, first.2)];
+        while let Some(r) = recs.next_if(|r| r.0 == prio) {
+            group.push((r.1, r.2));
+        }
+        while !group.is_empty() {
+            let total: u32 = group.iter().map(|&(w, _)| u32::from(w)).sum();
+            let pick = rng.random_range(0..=total);
+            let mut running = 0;
+            // The last running sum is `total`, so some record always qualifies.
+            let i = group
+                .iter()
+                .position(|&(w, _)| {
+                    running += u32::from(w);
+                    running >= pick
+                })
+                .unwrap_or(0);
+            out.push(group.remove(i).1);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use std::net::UdpSocket;
+    use std::time::Instant;
+
+    fn order_counts(
+        recs: &[(u16, u16, &'static str)],
+        trials: usize,
+    ) -> HashMap<Vec<&'static str>, usize> {
+        let mut rng = StdRng::seed_from_u64(2782);
+        let mut counts = HashMap::new();
+        for _ in 0..trials {
+            *counts
+                .entry(srv_order(recs.to_vec(), &mut rng))
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn first_share(counts: &HashMap<Vec<&'static str>, usize>, name: &str, trials: usize) -> f64 {
+        let n: usize = counts
+            .iter()
+            .filter(|(o, _)| o[0] == name)
+            .map(|(_, c)| c)
+            .sum();
+        n as f64 / trials as f64
+    }
+
+    #[test]
+    fn srv_weights_decide_the_order_within_a_priority() {
+        let trials = 2000;
+        let counts = order_counts(&[(0, 10, "light"), (0, 90, "heavy")], trials);
+        let heavy = first_share(&counts, "heavy", trials);
+        assert!((0.80..=0.97).contains(&heavy), "heavy first {heavy}");
+        // Not a sort: the light one does come first sometimes.
+        assert!(first_share(&counts, "light", trials) > 0.03, "{counts:?}");
+    }
+
+    #[test]
+    fn srv_priority_comes_before_weight() {
+        let trials = 500;
+        let counts = order_counts(
+            &[
+                (20, 1000, "backup"),
+                (10, 1, "a"),
+                (10, 1, "b"),
+                (30, 0, "last"),
+            ],
+            trials,
+        );
+        for order in counts.keys() {
+            assert_eq!(&order[2..], ["backup", "last"]);
+        }
+        let a = first_share(&counts, "a", trials);
+        assert!((0.35..=0.65).contains(&a), "equal weights: a first {a}");
+    }
+
+    #[test]
+    fn srv_weight_zero_has_a_small_chance() {
+        let trials = 4000;
+        // Drawn only when the random number in 0..=10 is 0: about 1 in 11.
+        let counts = order_counts(&[(0, 10, "ten"), (0, 0, "zero")], trials);
+        let zero = first_share(&counts, "zero", trials);
+        assert!((0.05..=0.14).contains(&zero), "zero first {zero}");
+        // Among weights that are all 0, each is equally likely.
+        let counts = order_counts(&[(0, 0, "x"), (0, 0, "y"), (0, 0, "z")], 3000);
+        for n in ["x", "y", "z"] {
+            let s = first_share(&counts, n, 3000);
+            assert!((0.28..=0.39).contains(&s), "{n} first {s}");
+        }
+    }
+
+    /// A resolver whose name server never answers, so every lookup lasts `timeout`.
+    fn silent_resolver(timeout: Duration) -> (Resolver, UdpSocket) {
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cfg = ResolverConfig {
+            nameservers: Some(vec![silent.local_addr().unwrap()]),
+            timeout,
+            attempts: 1,
+            routes: Default::default(),
+            local_domains: vec![],
+            lmtp: None,
+            port: 25,
+            implicit_mx: true,
+            ipv6: false,
+            srv: false,
+            self_addresses: vec![],
+            listen: vec![],
+        };
+        (Resolver::new(cfg).unwrap(), silent)
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn resolve_is_send() {
+        fn send<T: Send>(_: T) {}
+        let (r, _silent) = silent_resolver(Duration::from_millis(10));
+        send(r.resolve("x.test"));
+    }
+
+    #[test]
+    fn concurrent_calls_share_one_lookup() {
+        let (r, _silent) = silent_resolver(Duration::from_millis(300));
+        let r = Arc::new(r);
+        let failures = rt().block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..100 {
+                let r = r.clone();
+                // Case and a final dot do not make it another domain.
+                let name = if i % 2 == 0 {
+                    "same.test"
+                } else {
+                    "SAME.test."
+                };
+                set.spawn(async move { r.resolve(name).await });
+            }
+            set.join_all().await
+        });
+        assert_eq!(r.lookups_performed(), 1);
+        assert_eq!(failures.len(), 100);
+        for f in &failures {
+            assert_eq!(f, &failures[0]);
+            let f = f.as_ref().unwrap_err();
+            assert!(!f.permanent && f.status == "4.4.3", "{f}");
+        }
+        assert!(r.inner.lock_in_flight().is_empty());
+        // Once finished, the next call is a new lookup: results are not kept.
+        let _ = rt().block_on(r.resolve("same.test"));
+        assert_eq!(r.lookups_performed(), 2);
+    }
+
+    #[test]
+    fn a_cancelled_first_caller_does_not_strand_the_others() {
+        let (r, _silent) = silent_resolver(Duration::from_millis(300));
+        let r = Arc::new(r);
+        rt().block_on(async {
+            let first = tokio::spawn({
+                let r = r.clone();
+                async move { r.resolve("cancel.test").await }
+            });
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !r.inner.lock_in_flight().contains_key("cancel.test") {
+                assert!(Instant::now() < deadline, "the first call never started");
+                tokio::task::yield_now().await;
+            }
+            let second = tokio::spawn({
+                let r = r.clone();
+                async move { r.resolve("cancel.test").await }
+            });
+            tokio::task::yield_now().await;
+            first.abort();
+            assert!(first.await.unwrap_err().is_cancelled());
+            let f = tokio::time::timeout(Duration::from_secs(10), second)
+                .await
+                .expect("the second caller was left waiting")
+                .unwrap()
+                .unwrap_err();
+            // The lookup itself went on and its answer (a timeout) reached the second caller.
+            assert!(!f.message.contains("abandoned"), "{f}");
+            assert_eq!(r.lookups_performed(), 1);
+        });
+    }
+
+    #[test]
+    fn a_lookup_task_that_dies_releases_its_waiters() {
+        let (r, _silent) = silent_resolver(Duration::from_millis(10));
+        let (tx, rx) = oneshot::channel();
+        r.inner
+            .lock_in_flight()
+            .insert("dead.test".into(), vec![tx]);
+        drop(Flight {
+            inner: r.inner.clone(),
+            key: Some("dead.test".into()),
+        });
+        assert!(rx.blocking_recv().is_err());
+        assert!(r.inner.lock_in_flight().is_empty());
     }
 }
