@@ -135,7 +135,13 @@ impl Daemon {
                 self.child = None;
                 return Err(format!("exit status {status}\n{}", self.log()));
             }
-            if port_open(port) {
+            // Our own daemon's word that it bound the port: another test's listener may
+            // have taken a port we thought free, and answer a connect in its place.
+            if self
+                .log()
+                .contains(&format!("listening on 127.0.0.1:{port}"))
+                && port_open(port)
+            {
                 return Ok(());
             }
             assert!(
