@@ -138,6 +138,8 @@ def main():
     p.add_argument("--delay", type=float, default=0)
     p.add_argument("--lmtp", action="store_true")
     p.add_argument("--tls-cert", help="offer STARTTLS with this certificate (PEM)")
+    p.add_argument("--size-limit", type=int, default=33554432, help="SIZE announced")
+    p.add_argument("--no-smtputf8", action="store_true", help="do not offer SMTPUTF8")
     p.add_argument("--tls-key")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -173,8 +175,9 @@ def main():
                 import ssl
                 tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 tls.load_cert_chain(args.tls_cert, args.tls_key)
-            return Server(self.handler, hostname="sink.test", enable_SMTPUTF8=True,
-                          tls_context=tls)
+            return Server(self.handler, hostname="sink.test",
+                          enable_SMTPUTF8=not args.no_smtputf8, tls_context=tls,
+                          data_size_limit=args.size_limit)
 
     # A loaded test machine can take a while to bring the server up.
     ctl = Ctl(handler, hostname=args.host, port=args.port, ready_timeout=30)

@@ -453,3 +453,69 @@ fn tls_policies_per_destination() {
         "nothing for plain.test went in the clear"
     );
 }
+
+#[test]
+fn what_the_server_cannot_take_is_bounced_without_sending_it() {
+    // SIZE 5000 announced, no SMTPUTF8.
+    let narrow = Sink::start(&["--size-limit", "5000", "--no-smtputf8"]);
+    let src = Sink::start(&[]);
+    let d = Daemon::start(&format!(
+        "[routes]\n\"dst.test\" = \"[127.0.0.1]:{}\"\n\"src.test\" = \"[127.0.0.1]:{}\"\n\
+         [delivery]\nbackoff = [\"1h\"]\n",
+        narrow.port, src.port
+    ));
+    // Too big for the announced SIZE.
+    let body = "x".repeat(70) + "\r\n";
+    let out = swaks(
+        d.port,
+        &[
+            "-f",
+            "sender@src.test",
+            "-t",
+            "big@dst.test",
+            "--body",
+            &body.repeat(100),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued as S"));
+    // Needs SMTPUTF8 (an internationalized sender), which the server does not offer.
+    let mut c = Raw::connect(d.port);
+    c.replies(1);
+    c.cmd("EHLO client.test");
+    assert!(
+        c.cmd("MAIL FROM:<sender@src.test> SMTPUTF8")
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<üser@dst.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: utf8\r\n\r\nhi\r\n");
+    assert!(c.cmd(".").starts_with("250"));
+    wait_for("two bounces", Duration::from_secs(30), || {
+        src.records()
+            .iter()
+            .filter(|r| r["mail_from"] == "<>")
+            .count()
+            == 2
+    });
+    let texts: Vec<String> = src
+        .records()
+        .iter()
+        .map(|r| src.message_text(r["file"].as_str().unwrap()))
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("Status: 5.3.4")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("Status: 5.6.7")),
+        "{texts:?}"
+    );
+    assert_eq!(
+        narrow.messages().len(),
+        0,
+        "nothing was sent to the narrow server"
+    );
+    wait_for("the queue to empty", Duration::from_secs(20), || {
+        d.queued() == 0
+    });
+}
