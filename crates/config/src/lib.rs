@@ -25,6 +25,10 @@ pub struct Config {
     /// The name this MTA gives itself in banners, EHLO and Received headers.
     pub hostname: String,
     pub spool: PathBuf,
+    /// The spool log starts a new segment past this size.
+    pub spool_segment_size: u64,
+    /// More segments than this behind the oldest live message trigger compaction.
+    pub spool_max_segments: usize,
     /// Unix user to switch to after binding (not yet used: run as the invoking user).
     pub user: Option<String>,
     pub smtp: Smtp,
@@ -181,6 +185,8 @@ impl Default for Config {
         Config {
             hostname: system_hostname(),
             spool: PathBuf::from("./postrider-spool"),
+            spool_segment_size: 64 << 20,
+            spool_max_segments: 8,
             user: None,
             smtp: Smtp {
                 listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
@@ -368,6 +374,8 @@ struct Walker<'a> {
 const TOP: &[&str] = &[
     "hostname",
     "spool",
+    "spool_segment_size",
+    "spool_max_segments",
     "user",
     "smtp",
     "local",
@@ -672,6 +680,11 @@ impl Walker<'_> {
                     }
                 }
                 "spool" => set(&mut cfg.spool, self.path(v, key)),
+                "spool_segment_size" => set(&mut cfg.spool_segment_size, self.size(v, key)),
+                "spool_max_segments" => set(
+                    &mut cfg.spool_max_segments,
+                    self.integer(v, key, 2, 10_000).map(|n| n as usize),
+                ),
                 "user" => cfg.user = self.string(v, key).map(str::to_string),
                 "smtp" => {
                     if let Some(t) = self.table(v, key) {

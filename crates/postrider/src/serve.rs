@@ -46,7 +46,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> 
 
 async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let (spool, recovery) = spool::open(spool::SpoolConfig::new(cfg.spool.clone()))
+    let (spool, recovery) = spool::open(spool_config(&cfg))
         .with_context(|| format!("opening the spool {}", cfg.spool.display()))?;
     info!("spool {}: {}", cfg.spool.display(), recovery.report);
 
@@ -309,7 +309,7 @@ pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
-        let (spool, recovery) = match spool::open(spool::SpoolConfig::new(cfg.spool.clone())) {
+        let (spool, recovery) = match spool::open(spool_config(&cfg)) {
             Ok(x) => x,
             Err(spool::SpoolError::Locked(_)) => anyhow::bail!(
                 "the daemon is running on {}: use `postrider queue flush` instead",
@@ -325,6 +325,14 @@ pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
         spool.shutdown().await;
         Ok(())
     })
+}
+
+fn spool_config(cfg: &Config) -> spool::SpoolConfig {
+    spool::SpoolConfig {
+        segment_size: cfg.spool_segment_size,
+        max_segments: cfg.spool_max_segments,
+        ..spool::SpoolConfig::new(cfg.spool.clone())
+    }
 }
 
 pub fn tls_mode(p: config::TlsPolicy) -> TlsMode {

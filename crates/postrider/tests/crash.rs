@@ -15,6 +15,22 @@ use common::*;
 
 const NO_DELIVERY: &str = "[delivery]\nenabled = false\n";
 
+/// One small message from `sender` to `rcpt`; true if it was acknowledged.
+fn send_tracked_to(port: u16, sender: &str, rcpt: &str) -> bool {
+    let mut c = Raw::connect(port);
+    c.replies(1);
+    c.cmd("EHLO crash.test");
+    c.cmd(&format!("MAIL FROM:<{sender}>"));
+    c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    if !c.cmd("DATA").starts_with("354") {
+        return false;
+    }
+    let line = "y".repeat(76);
+    let body: String = (0..6).map(|_| format!("{line}\r\n")).collect();
+    c.send(format!("Subject: {sender}\r\n\r\n{body}").as_bytes());
+    c.cmd(".").starts_with("250")
+}
+
 /// Sends one message with a unique sender; true only if the server said 250 after DATA.
 fn send_tracked(port: u16, sender: &str, body_len: usize) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -333,5 +349,60 @@ fn full_disk_gets_452_and_keeps_what_was_acknowledged() {
     eprintln!(
         "disk-full test: {} acknowledged, {refused} refused with 4xx",
         acked.len()
+    );
+}
+
+#[test]
+fn compaction_frees_segments_behind_a_deferred_message_and_keeps_its_state() {
+    let sink = Sink::start(&[]);
+    let down = free_port();
+    let mut d = Daemon::start(&format!(
+        "spool_segment_size = \"16KB\"\nspool_max_segments = 3\n\
+         [routes]\n\"slow.test\" = \"[127.0.0.1]:{down}\"\n\"dst.test\" = \"[127.0.0.1]:{}\"\n\
+         [delivery]\nbackoff = [\"1h\"]\n",
+        sink.port
+    ));
+    assert!(send_tracked_to(d.port, "pinned@src.test", "r@slow.test"));
+    wait_for("the deferral", Duration::from_secs(20), || {
+        d.queue_json().as_array().is_some_and(|l| {
+            l.iter()
+                .any(|m| m["recipients"][0]["tries"].as_u64() == Some(1))
+        })
+    });
+    // Delivered mail fills segment after segment behind the deferred message.
+    for i in 0..150 {
+        assert!(send_tracked_to(
+            d.port,
+            &format!("m{i}@src.test"),
+            "r@dst.test"
+        ));
+    }
+    wait_for("150 deliveries", Duration::from_secs(60), || {
+        sink.messages().len() == 150
+    });
+    // Without compaction the pinned first segment would keep all of them (13 here).
+    let segments = || std::fs::read_dir(d.spool().join("log")).map_or(0, |r| r.count());
+    eprintln!(
+        "compaction test: {} segments right after the load",
+        segments()
+    );
+    wait_for(
+        "old segments to be reclaimed",
+        Duration::from_secs(30),
+        || segments() <= 5,
+    );
+    // After a crash the deferred message is there, with the state it had.
+    d.kill9();
+    d.restart();
+    let q = d.queue_json();
+    let list = q.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{q}");
+    assert_eq!(list[0]["sender"], "pinned@src.test");
+    assert_eq!(list[0]["recipients"][0]["tries"], 1, "{q}");
+    assert!(
+        list[0]["recipients"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused")),
+        "{q}"
     );
 }

@@ -523,16 +523,13 @@ impl Spool {
             .take()
     }
 
-    /// Writes a live message again at the head of the log with `env` (its current state)
-    /// and its content, so the segment holding its old record can be reclaimed.
-    pub async fn relocate(&self, env: Envelope) -> Result<(), SpoolError> {
+    /// Writes live messages again at the head of the log with `envs` (their current state)
+    /// and their content, so the segment holding their old records can be reclaimed.
+    pub async fn relocate(&self, envs: Vec<Envelope>) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(writer::Request::Relocate {
-                env: Box::new(env),
-                reply,
-            })
+            .send(writer::Request::Relocate { envs, reply })
             .await
             .map_err(|_| SpoolError::Closed)?;
         rx.await.map_err(|_| SpoolError::Closed)?

@@ -231,7 +231,7 @@ fn reclaim_and_compaction_bound_the_log() {
             while let Some(ids) = requests.recv().await {
                 for id in ids {
                     assert_eq!(id, env.id, "only the pinned message is live");
-                    s2.relocate(env.clone()).await.unwrap();
+                    s2.relocate(vec![env.clone()]).await.unwrap();
                 }
             }
         });

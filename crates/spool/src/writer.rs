@@ -38,9 +38,9 @@ pub enum Request {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
-    /// Write this live message again with this (current) envelope: see `compact`.
+    /// Write these live messages again with these (current) envelopes: see `compact`.
     Relocate {
-        env: Box<Envelope>,
+        envs: Vec<Envelope>,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
 }
@@ -280,8 +280,8 @@ impl Writer {
             }
         }
         for r in relocs {
-            if let Request::Relocate { env, reply } = r {
-                let _ = reply.send(self.relocate(*env));
+            if let Request::Relocate { envs, reply } = r {
+                let _ = reply.send(self.relocate(envs));
             }
         }
         if !shutdown {
@@ -376,51 +376,59 @@ impl Writer {
         }
     }
 
-    /// Writes a live message again in the active segment, with the envelope its owner sent
-    /// (its current state) and its content copied from the old record.
-    fn relocate(&mut self, env: Envelope) -> Result<(), SpoolError> {
-        let Some(live) = self.state.live.get(&env.id) else {
-            // Delivered or deleted meanwhile: nothing to keep.
-            return Ok(());
-        };
-        if live.seg == self.active_seg {
+    /// Writes live messages again in the active segment, each with the envelope its owner
+    /// sent (its current state) and its content copied from the old record: one write, one
+    /// fsync.
+    fn relocate(&mut self, envs: Vec<Envelope>) -> Result<(), SpoolError> {
+        let mut buf = Vec::new();
+        let mut placed = Vec::new();
+        for env in envs {
+            let Some(live) = self.state.live.get(&env.id) else {
+                // Delivered or deleted meanwhile: nothing to keep.
+                continue;
+            };
+            if live.seg == self.active_seg {
+                continue;
+            }
+            let (old_seg, loc) = (live.seg, live.loc);
+            let inline = match loc {
+                Loc::Inline { offset, len, .. } => {
+                    let path: PathBuf = seg_path(&self.cfg.dir, old_seg);
+                    let mut content = vec![0; len as usize];
+                    File::open(&path)
+                        .and_then(|mut f| {
+                            f.seek(SeekFrom::Start(offset))?;
+                            f.read_exact(&mut content)
+                        })
+                        .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
+                    Some(record::encode_message(&env, Some(&content), 0, &mut buf) as u64)
+                }
+                Loc::External { len } => {
+                    record::encode_message(&env, None, len, &mut buf);
+                    None
+                }
+            };
+            placed.push((env.id, inline, loc));
+        }
+        if placed.is_empty() {
             return Ok(());
         }
-        let (old_seg, loc) = (live.seg, live.loc);
-        let mut buf = Vec::new();
-        let inline = match loc {
-            Loc::Inline { offset, len, .. } => {
-                let path: PathBuf = seg_path(&self.cfg.dir, old_seg);
-                let mut content = vec![0; len as usize];
-                File::open(&path)
-                    .and_then(|mut f| {
-                        f.seek(SeekFrom::Start(offset))?;
-                        f.read_exact(&mut content)
-                    })
-                    .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
-                Some(record::encode_message(&env, Some(&content), 0, &mut buf) as u64)
-            }
-            Loc::External { len } => {
-                record::encode_message(&env, None, len, &mut buf);
-                None
-            }
-        };
         let base = self.active_len;
         self.append(&buf)?;
-        let new_loc = match inline {
-            Some(off) => Loc::Inline {
-                seg: self.active_seg,
-                offset: base + off,
-                len: loc.len(),
-            },
-            None => loc,
-        };
-        self.index
-            .lock()
-            .expect("index lock")
-            .insert(env.id, new_loc);
-        self.state
-            .add_message(Envelope::placeholder(env.id), self.active_seg, new_loc);
+        let mut index = self.index.lock().expect("index lock");
+        for (id, inline, loc) in placed {
+            let new_loc = match inline {
+                Some(off) => Loc::Inline {
+                    seg: self.active_seg,
+                    offset: base + off,
+                    len: loc.len(),
+                },
+                None => loc,
+            };
+            index.insert(id, new_loc);
+            self.state
+                .add_message(Envelope::placeholder(id), self.active_seg, new_loc);
+        }
         Ok(())
     }
 }

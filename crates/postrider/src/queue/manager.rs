@@ -230,8 +230,9 @@ impl Manager {
 
     /// The spool wants these messages written again (compaction). Only the queue manager
     /// knows their current state; a message out on an attempt or a DSN is skipped (its
-    /// newest results are not in `env` yet) and asked for again later.
-    fn relocate(&mut self, ids: Vec<TxnId>) {
+    /// newest results are not in `env` yet) and asked for again later. Awaited here, so no
+    /// attempt can start (and record newer results) before the rewrite is on disk.
+    async fn relocate(&mut self, ids: Vec<TxnId>) {
         let envs: Vec<Envelope> = ids
             .iter()
             .filter_map(|id| self.messages.get(id))
@@ -241,14 +242,9 @@ impl Manager {
         if envs.is_empty() {
             return;
         }
-        let spool = self.spool.clone();
-        self.background.spawn(async move {
-            for env in envs {
-                if let Err(e) = spool.relocate(env).await {
-                    tracing::warn!("compaction: {e}");
-                }
-            }
-        });
+        if let Err(e) = self.spool.relocate(envs).await {
+            tracing::warn!("compaction: {e}");
+        }
     }
 
     fn record_in_background(&self, updates: Vec<Update>) {
@@ -356,7 +352,7 @@ impl Manager {
                         Some(r) => r.recv().await,
                         None => std::future::pending().await,
                     }
-                } => self.relocate(ids),
+                } => self.relocate(ids).await,
                 _ = sleep => {}
                 _ = shutdown.cancelled(), if self.sched.in_flight() == 0 => break,
             }
