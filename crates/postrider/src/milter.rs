@@ -460,14 +460,7 @@ impl Milters {
             return (data, changes);
         }
         // Headers are small: read them whole; the body goes out chunk by chunk.
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head != b"\r\n" {
-            match content.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => break,
-            }
-        }
+        let head = read_header_section(&mut content);
         let headers = crate::milter::parse_headers(&head);
         for (name, value) in &headers {
             let cmd = Command::Header {
@@ -610,6 +603,23 @@ fn failure_verdict(f: MilterFailure) -> Option<Verdict> {
             "Content checks unavailable",
         ))),
     }
+}
+
+/// Headers past this are treated as body: a message without a blank line must not be read
+/// into memory whole.
+const MAX_HEADER_SECTION: usize = 1 << 20;
+
+/// Reads through the blank line that ends the header section (from a buffered reader).
+pub fn read_header_section(r: &mut dyn Read) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head != b"\r\n" && head.len() < MAX_HEADER_SECTION {
+        match r.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    head
 }
 
 /// Splits a header section into (name, raw value) pairs; folded lines stay in the value

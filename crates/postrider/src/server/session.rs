@@ -838,14 +838,7 @@ async fn rewrite(
     use std::io::Read;
     let id = content.id();
     let mut r = content.into_reader()?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head != b"\r\n" {
-        match r.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
+    let head = crate::milter::read_header_section(&mut r);
     let mut w = spool.content_writer(id);
     w.write(&crate::milter::apply_headers(&head, &changes.headers))
         .await?;
