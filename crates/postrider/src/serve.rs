@@ -73,6 +73,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     let sessions = TaskTracker::new();
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
+        current: std::sync::RwLock::new(cfg.clone()),
         spool: spool.clone(),
         queue: queue.clone(),
         local: std::sync::RwLock::new(local),
@@ -215,9 +216,11 @@ async fn wait_for_signal(on_hup: impl Fn()) {
     }
 }
 
-/// SIGHUP: re-reads the configuration. Local users and aliases take effect at once; other
-/// changes are reported as needing a restart (sessions and the queue hold the old values).
-/// A file with errors changes nothing.
+/// SIGHUP: re-reads the configuration. New SMTP sessions use it (relay networks and domains,
+/// size and recipient limits, timeouts, banner, milters, hop limit), as do RCPT checks
+/// against local users and aliases; what was fixed at start (listeners, connection limits,
+/// TLS certificate, spool, user, delivery, routes, DNS, control, logging) is reported as
+/// needing a restart. A file with errors changes nothing.
 fn reload(path: Option<&std::path::Path>, running: &Config, ctx: &Ctx) {
     let Some(path) = path else {
         info!("SIGHUP: running on embedded defaults, nothing to reload");
@@ -233,31 +236,78 @@ fn reload(path: Option<&std::path::Path>, running: &Config, ctx: &Ctx) {
             return;
         }
     };
-    match resolver::LocalPolicy::from_config(&new) {
-        Ok(local) => {
-            *ctx.local.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(local);
-            info!(
-                "SIGHUP: reloaded local users and aliases from {}",
-                path.display()
-            );
+    let local = match resolver::LocalPolicy::from_config(&new) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("SIGHUP: local users or aliases: {e}; keeping the running configuration");
+            return;
         }
-        Err(e) => warn!("SIGHUP: local users or aliases: {e}; keeping the old ones"),
-    }
-    if format!("{:?}", strip_local(&new)) != format!("{:?}", strip_local(running)) {
+    };
+    *ctx.local.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(local);
+    let fixed = fixed_at_start(&new, running);
+    *ctx.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+    info!("SIGHUP: reloaded {} for new sessions", path.display());
+    if !fixed.is_empty() {
         warn!(
-            "SIGHUP: other settings in {} changed; they take effect after a restart",
-            path.display()
+            "SIGHUP: changes to {} take effect after a restart",
+            fixed.join(", ")
         );
     }
 }
 
-/// The configuration without what a reload applies, to tell whether anything else changed.
-fn strip_local(c: &Config) -> Config {
-    let mut c = c.clone();
-    c.local.users.clear();
-    c.local.users_file = None;
-    c.local.aliases = None;
-    c
+/// The settings that differ between two configurations but were fixed at start.
+fn fixed_at_start(new: &Config, running: &Config) -> Vec<&'static str> {
+    fn differ(a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let (n, r) = (new, running);
+    let checks: [(&'static str, bool); 13] = [
+        ("smtp.listen", differ(&n.smtp.listen, &r.smtp.listen)),
+        (
+            "smtp.max_connections",
+            differ(&n.smtp.max_connections, &r.smtp.max_connections),
+        ),
+        (
+            "smtp.max_connections_per_client",
+            differ(
+                &n.smtp.max_connections_per_client,
+                &r.smtp.max_connections_per_client,
+            ),
+        ),
+        (
+            "smtp.tls_cert/tls_key",
+            differ(
+                &(&n.smtp.tls_cert, &n.smtp.tls_key),
+                &(&r.smtp.tls_cert, &r.smtp.tls_key),
+            ),
+        ),
+        (
+            "spool",
+            differ(
+                &(&n.spool, n.spool_segment_size, n.spool_max_segments),
+                &(&r.spool, r.spool_segment_size, r.spool_max_segments),
+            ),
+        ),
+        ("user", differ(&n.user, &r.user)),
+        ("delivery", differ(&n.delivery, &r.delivery)),
+        ("routes", differ(&n.routes, &r.routes)),
+        ("tls_policy", differ(&n.tls_policy, &r.tls_policy)),
+        ("dns", differ(&n.dns, &r.dns)),
+        ("control", differ(&n.control, &r.control)),
+        ("log", differ(&n.log, &r.log)),
+        (
+            "local.domains/lmtp (for delivery)",
+            differ(
+                &(&n.local.domains, &n.local.lmtp),
+                &(&r.local.domains, &r.local.lmtp),
+            ),
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// The resolver, delivery agent and queue manager, as `serve` and `queue run --once` use them.

@@ -274,22 +274,26 @@ fn metrics_match_the_queue() {
 #[test]
 fn sighup_reloads_local_users_and_keeps_running() {
     let d = Daemon::start(
-        "[local]\ndomains = [\"local.test\"]\nusers = [\"alice\"]\n[delivery]\nenabled = false\n",
+        "[local]\ndomains = [\"local.test\"]\nusers = [\"alice\"]\n[delivery]\nenabled = false\n\
+         [smtp]\nmax_recipients = 1\n",
     );
-    let rcpt = |who: &str| {
+    let rcpts = |who: &[&str]| -> Vec<String> {
         let mut c = Raw::connect(d.port);
         c.replies(1);
         c.cmd("EHLO client.test");
         c.cmd("MAIL FROM:<s@src.test>");
-        c.cmd(&format!("RCPT TO:<{who}@local.test>"))
+        who.iter()
+            .map(|w| c.cmd(&format!("RCPT TO:<{w}@local.test>")))
+            .collect()
     };
-    assert!(rcpt("bob").starts_with("550 5.1.1"));
+    assert!(rcpts(&["bob"])[0].starts_with("550 5.1.1"));
+    assert!(rcpts(&["alice", "postmaster"])[1].starts_with("452 4.5.3"));
     let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        text.replace("users = [\"alice\"]", "users = [\"alice\", \"bob\"]"),
-    )
-    .unwrap();
+    let text = text
+        .replace("users = [\"alice\"]", "users = [\"alice\", \"bob\"]")
+        .replace("max_recipients = 1", "max_recipients = 2")
+        .replace("enabled = false", "enabled = false\nconcurrency = 7");
+    std::fs::write(&d.config, text).unwrap();
     let pid = d.child.as_ref().unwrap().id().to_string();
     assert!(
         Command::new("kill")
@@ -299,8 +303,16 @@ fn sighup_reloads_local_users_and_keeps_running() {
             .success()
     );
     wait_for("bob to exist", Duration::from_secs(10), || {
-        rcpt("bob").starts_with("250")
+        rcpts(&["bob"])[0].starts_with("250")
     });
+    // New sessions get the new limits; what was fixed at start is named in the log.
+    assert!(rcpts(&["alice", "bob"])[1].starts_with("250"));
+    assert!(
+        d.log()
+            .contains("changes to delivery take effect after a restart"),
+        "{}",
+        d.log()
+    );
     // A broken file changes nothing and is reported.
     std::fs::write(&d.config, "[smtp\nbroken").unwrap();
     assert!(
@@ -313,8 +325,8 @@ fn sighup_reloads_local_users_and_keeps_running() {
     wait_for("the error in the log", Duration::from_secs(10), || {
         d.log().contains("keeping the running configuration")
     });
-    assert!(rcpt("bob").starts_with("250"));
-    assert!(rcpt("carol").starts_with("550"));
+    assert!(rcpts(&["bob"])[0].starts_with("250"));
+    assert!(rcpts(&["carol"])[0].starts_with("550"));
 }
 
 #[test]

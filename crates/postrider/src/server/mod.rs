@@ -29,7 +29,10 @@ use session::{Next, Session};
 
 /// What every session shares: read-only configuration and handles to the owners of state.
 pub struct Ctx {
+    /// The configuration the daemon started with (listeners, limits, TLS, delivery).
     pub cfg: Arc<Config>,
+    /// What new sessions use: replaced on SIGHUP.
+    pub current: std::sync::RwLock<Arc<Config>>,
     pub spool: Spool,
     pub queue: QueueHandle,
     /// Replaced on SIGHUP (users and aliases are safe to reload mid-flight).
@@ -41,6 +44,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The configuration new sessions should use.
+    pub fn config(&self) -> Arc<Config> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Does this local part exist in a local domain? `Ok`: where its mail goes (aliases
     /// expanded); `Err` is the reply to send.
     pub async fn check_local(&self, local_part: &str) -> Result<Vec<String>, Reply> {
@@ -110,7 +121,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     let mut s = Session::new(ctx.clone(), peer, local);
     debug!(session = %s.id(), client = %peer, "connect");
-    let delay = ctx.cfg.smtp.greeting_delay;
+    let delay = ctx.config().smtp.greeting_delay;
     if !delay.is_zero() {
         // A client that talks before our greeting is not waiting for replies: a spambot or a
         // pipelining abuser (RFC 5321 §4.3.1 forbids it).

@@ -44,6 +44,8 @@ struct Chunked {
 
 pub struct Session {
     ctx: Arc<Ctx>,
+    /// The configuration as it was when the session began (SIGHUP swaps the current one).
+    cfg: Arc<config::Config>,
     peer: SocketAddr,
     local: SocketAddr,
     /// Connected at HELO when `[[milter]]`s are configured.
@@ -66,8 +68,8 @@ fn reply(code: u16, status: &str, text: &str) -> Reply {
 
 impl Session {
     pub fn new(ctx: Arc<Ctx>, peer: SocketAddr, local: SocketAddr) -> Self {
-        let trusted = ctx
-            .cfg
+        let cfg = ctx.config();
+        let trusted = cfg
             .smtp
             .relay_networks
             .iter()
@@ -75,6 +77,7 @@ impl Session {
         let id = ctx.spool.ids().next();
         Session {
             ctx,
+            cfg,
             peer,
             local,
             milters: None,
@@ -102,7 +105,7 @@ impl Session {
     }
 
     pub fn greeting(&self) -> Reply {
-        let c = &self.ctx.cfg;
+        let c = &self.cfg;
         Reply::new(220, None, &format!("{} {}", c.hostname, c.smtp.banner))
     }
 
@@ -112,7 +115,7 @@ impl Session {
 
     /// Runs commands until QUIT, an error that ends the session, or STARTTLS.
     pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Next {
-        let timeout = self.ctx.cfg.smtp.command_timeout;
+        let timeout = self.cfg.smtp.command_timeout;
         loop {
             match self.framer.next(&mut conn.inbuf) {
                 Frame::Line(line) => {
@@ -145,7 +148,7 @@ impl Session {
                             let r = reply(
                                 421,
                                 "4.4.2",
-                                &format!("{} Error: timeout exceeded", self.ctx.cfg.hostname),
+                                &format!("{} Error: timeout exceeded", self.cfg.hostname),
                             );
                             self.push(conn, &r);
                             let _ = conn.flush().await;
@@ -167,20 +170,20 @@ impl Session {
         reply(
             421,
             "4.3.2",
-            &format!("{} Service shutting down", self.ctx.cfg.hostname),
+            &format!("{} Service shutting down", self.cfg.hostname),
         )
     }
 
     /// Counts a protocol error; true when the session has had too many and must end.
     fn error<S>(&mut self, conn: &mut Conn<S>) -> bool {
         self.errors += 1;
-        if self.errors >= self.ctx.cfg.smtp.max_errors {
+        if self.errors >= self.cfg.smtp.max_errors {
             self.push(
                 conn,
                 &reply(
                     421,
                     "4.7.0",
-                    &format!("{} Error: too many errors", self.ctx.cfg.hostname),
+                    &format!("{} Error: too many errors", self.cfg.hostname),
                 ),
             );
             return true;
@@ -227,7 +230,7 @@ impl Session {
                     &reply(
                         221,
                         "2.0.0",
-                        &format!("{} closing connection", self.ctx.cfg.hostname),
+                        &format!("{} closing connection", self.cfg.hostname),
                     ),
                 );
                 return Some(Next::Close);
@@ -261,17 +264,17 @@ impl Session {
             return Err(r.clone());
         }
         let ok = self.hello(name.clone(), esmtp);
-        if self.ctx.cfg.milters.is_empty() {
+        if self.cfg.milters.is_empty() {
             return Ok(ok);
         }
         if self.milters.is_none() {
             let ctx = crate::milter::Context {
-                hostname: self.ctx.cfg.hostname.clone(),
+                hostname: self.cfg.hostname.clone(),
                 client: self.peer,
                 local: self.local,
                 client_name: format!("[{}]", self.peer.ip()),
             };
-            let (m, v) = crate::milter::Milters::connect(&self.ctx.cfg.milters, ctx).await;
+            let (m, v) = crate::milter::Milters::connect(&self.cfg.milters, ctx).await;
             self.milters = Some(m);
             if let Some(r) = self.refusal(v) {
                 self.milter_refusal = Some(r.clone());
@@ -346,7 +349,7 @@ impl Session {
         self.txn = None;
         self.helo = Some(name);
         self.esmtp = esmtp;
-        let c = &self.ctx.cfg;
+        let c = &self.cfg;
         if !esmtp {
             return Reply::new(250, None, &c.hostname);
         }
@@ -374,7 +377,7 @@ impl Session {
         if self.txn.is_some() {
             return Err(reply(503, "5.5.1", "Error: nested MAIL command"));
         }
-        let max = self.ctx.cfg.smtp.max_message_size;
+        let max = self.cfg.smtp.max_message_size;
         if params.size.is_some_and(|s| s > max) {
             return Err(reply(552, "5.3.4", "Message size exceeds fixed limit"));
         }
@@ -388,7 +391,7 @@ impl Session {
             return Err(reply(555, "5.5.4", "ESMTP parameters need EHLO"));
         }
         match self.ctx.spool.free_bytes() {
-            Ok(free) if free < self.ctx.cfg.smtp.min_free_space => {
+            Ok(free) if free < self.cfg.smtp.min_free_space => {
                 warn!(session = %self.id, free, "spool disk short of space: refusing mail");
                 return Err(reply(452, "4.3.1", "Insufficient system storage"));
             }
@@ -406,7 +409,7 @@ impl Session {
     }
 
     async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Result<Reply, Reply> {
-        let max_rcpts = self.ctx.cfg.smtp.max_recipients;
+        let max_rcpts = self.cfg.smtp.max_recipients;
         let Some(txn) = self.txn.as_mut() else {
             return Err(reply(503, "5.5.1", "Error: need MAIL command"));
         };
@@ -428,8 +431,8 @@ impl Session {
                     _ => RcptDomain::Literal,
                 };
                 let policy = RelayPolicy {
-                    local_domains: &self.ctx.cfg.local.domains,
-                    relay_domains: &self.ctx.cfg.smtp.relay_domains,
+                    local_domains: &self.cfg.local.domains,
+                    relay_domains: &self.cfg.smtp.relay_domains,
                 };
                 match policy.decide(m.local_part(), domain, self.trusted) {
                     Decision::Denied => {
@@ -460,9 +463,9 @@ impl Session {
             }
         };
         let address = match &to {
-            ForwardPath::Postmaster => match self.ctx.cfg.local.domains.first() {
+            ForwardPath::Postmaster => match self.cfg.local.domains.first() {
                 Some(d) => format!("postmaster@{d}"),
-                None => format!("postmaster@{}", self.ctx.cfg.hostname),
+                None => format!("postmaster@{}", self.cfg.hostname),
             },
             _ => address,
         };
@@ -540,7 +543,7 @@ impl Session {
         headers::received(&Trace {
             helo: self.helo.as_deref().unwrap_or("unknown"),
             client_ip: self.peer.ip(),
-            hostname: &self.ctx.cfg.hostname,
+            hostname: &self.cfg.hostname,
             protocol,
             tls: self.tls.as_ref().map(|(v, c)| (v.as_str(), c.as_str())),
             queue_id: &id,
@@ -573,11 +576,11 @@ impl Session {
         let received = self.received_header(txn);
         let mut failed = content.write(received.as_bytes()).await.err();
         self.push(conn, &reply(354, "", "End data with <CR><LF>.<CR><LF>"));
-        let max = self.ctx.cfg.smtp.max_message_size;
+        let max = self.cfg.smtp.max_message_size;
         let mut decoder = DataDecoder::new(max);
         let mut scan = HeaderScan::new();
         let mut out = Vec::with_capacity(64 * 1024);
-        let data_timeout = self.ctx.cfg.smtp.data_timeout;
+        let data_timeout = self.cfg.smtp.data_timeout;
         let outcome = loop {
             let end = decoder.decode(&mut conn.inbuf, &mut out);
             if !out.is_empty() {
@@ -651,9 +654,9 @@ impl Session {
                 too_big: err.is_some(),
             });
         }
-        let max = self.ctx.cfg.smtp.max_message_size;
+        let max = self.cfg.smtp.max_message_size;
         let mut left = size;
-        let data_timeout = self.ctx.cfg.smtp.data_timeout;
+        let data_timeout = self.cfg.smtp.data_timeout;
         while left > 0 {
             if conn.inbuf.is_empty() {
                 match conn.fill(data_timeout).await {
@@ -721,7 +724,7 @@ impl Session {
     /// Loop check, then the durable commit; the reply to the end of data.
     async fn finish(&mut self, content: ContentWriter, scan: HeaderScan) -> Reply {
         let txn = self.txn.as_ref().expect("transaction");
-        if scan.received >= self.ctx.cfg.smtp.max_hops {
+        if scan.received >= self.cfg.smtp.max_hops {
             warn!(queue_id = %txn.id, hops = scan.received, "mail loop: too many Received headers");
             return reply(554, "5.4.6", "Too many hops: mail loop detected");
         }
