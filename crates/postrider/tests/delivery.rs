@@ -519,3 +519,60 @@ fn what_the_server_cannot_take_is_bounced_without_sending_it() {
         d.queued() == 0
     });
 }
+
+#[test]
+fn aliases_expand_and_list_copies_go_out_under_the_owner() {
+    let lmtp = Sink::start(&["--lmtp"]);
+    let dir = tempfile::tempdir().unwrap();
+    let aliases = dir.path().join("aliases");
+    std::fs::write(
+        &aliases,
+        "# lists\nteam: alice, bob\nowner-team: boss\npostmaster: alice\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&format!(
+        "[local]\ndomains = [\"lists.test\"]\nlmtp = \"127.0.0.1:{}\"\naliases = \"{}\"\n\
+         [delivery]\nbackoff = [\"1h\"]\n",
+        lmtp.port,
+        aliases.display()
+    ));
+    let mut c = Raw::connect(d.port);
+    c.replies(1);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<poster@src.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<team@lists.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<carol@lists.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: to the team\r\n\r\nhello\r\n");
+    let r = c.cmd(".");
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(
+        r.matches(" S").count(),
+        2,
+        "two queue ids, the list copy's too: {r}"
+    );
+    wait_for("both copies over LMTP", Duration::from_secs(20), || {
+        lmtp.messages().len() == 2
+    });
+    let recs = lmtp.records();
+    let list = recs
+        .iter()
+        .find(|r| r["mail_from"] == "boss@lists.test")
+        .expect("list copy");
+    let mut to: Vec<&str> = list["rcpt_tos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    to.sort();
+    assert_eq!(to, ["alice@lists.test", "bob@lists.test"]);
+    let plain = recs
+        .iter()
+        .find(|r| r["mail_from"] == "poster@src.test")
+        .expect("plain copy");
+    assert_eq!(plain["rcpt_tos"], serde_json::json!(["carol@lists.test"]));
+    wait_for("the queue to empty", Duration::from_secs(20), || {
+        d.queued() == 0
+    });
+}

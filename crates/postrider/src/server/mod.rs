@@ -54,6 +54,14 @@ impl Ctx {
 
     /// Does this local part exist in a local domain? `Ok`: where its mail goes (aliases
     /// expanded); `Err` is the reply to send.
+    /// The owner of a local list (an `owner-NAME` alias), as a local part or address.
+    pub fn list_owner(&self, local_part: &str) -> Option<String> {
+        self.local
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .owner_of(local_part)
+    }
+
     pub async fn check_local(&self, local_part: &str) -> Result<Vec<String>, Reply> {
         let local = self.local.read().unwrap_or_else(|p| p.into_inner()).clone();
         match local.check(local_part) {

@@ -31,6 +31,9 @@ struct Txn {
     sender: ReversePath,
     params: MailParams,
     rcpts: Vec<Recipient>,
+    /// For recipients from a list with an `owner-` alias: (recipient address, owner), the
+    /// envelope sender of their copy, so bounces for the list go to its owner.
+    owners: Vec<(String, String)>,
     /// BDAT in progress: the content so far.
     chunked: Option<Chunked>,
 }
@@ -403,6 +406,7 @@ impl Session {
             sender: from,
             params,
             rcpts: Vec::new(),
+            owners: Vec::new(),
             chunked: None,
         });
         Ok(reply(250, "2.1.0", "Ok"))
@@ -420,6 +424,7 @@ impl Session {
             return Err(reply(452, "4.5.3", "Error: too many recipients"));
         }
         let mut expanded: Vec<String> = Vec::new();
+        let mut list_owner: Option<String> = None;
         let address = match &to {
             ForwardPath::Postmaster => "postmaster".to_string(),
             ForwardPath::Mailbox(m) => {
@@ -445,6 +450,13 @@ impl Session {
                         // address the client gave is kept as ORCPT for DSNs.
                         if targets.len() != 1 || targets[0] != m.local_part() {
                             let domain = m.domain().to_string();
+                            list_owner = self.ctx.list_owner(m.local_part()).map(|o| {
+                                if o.contains('@') {
+                                    o
+                                } else {
+                                    format!("{o}@{domain}")
+                                }
+                            });
                             expanded = targets
                                 .into_iter()
                                 .map(|t| {
@@ -491,6 +503,9 @@ impl Session {
                 .any(|r| r.address.eq_ignore_ascii_case(&address))
             {
                 continue;
+            }
+            if let Some(o) = &list_owner {
+                txn.owners.push((address.clone(), o.clone()));
             }
             txn.rcpts.push(Recipient {
                 address,
@@ -808,6 +823,23 @@ impl Session {
                 };
             }
         }
+        let owners = self
+            .txn
+            .as_ref()
+            .map(|t| t.owners.clone())
+            .unwrap_or_default();
+        let mut copies = Vec::new();
+        if !owners.is_empty() {
+            let ctx = self.ctx.clone();
+            match list_copies(&ctx, &mut env, &mut content, &owners).await {
+                Ok(ids) => copies = ids,
+                Err(e) => return spool_error_reply(&e),
+            }
+            if env.recipients.is_empty() {
+                let ids: Vec<String> = copies.iter().map(ToString::to_string).collect();
+                return reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" ")));
+            }
+        }
         let size = content.len();
         match self.ctx.spool.commit(&env, content).await {
             Ok(mref) => {
@@ -822,7 +854,12 @@ impl Session {
                 let id = env.id;
                 crate::metrics::Counters::inc(&self.ctx.counters.received);
                 self.ctx.queue.arrived(env, mref, size).await;
-                reply(250, "2.0.0", &format!("Ok: queued as {id}"))
+                let mut ids = id.to_string();
+                for c in &copies {
+                    ids.push(' ');
+                    ids.push_str(&c.to_string());
+                }
+                reply(250, "2.0.0", &format!("Ok: queued as {ids}"))
             }
             Err(e) => {
                 warn!(queue_id = %env.id, "spool commit failed: {e}");
@@ -872,6 +909,63 @@ async fn rewrite(
         }
     }
     Ok(w)
+}
+
+/// Takes the recipients that came from lists with owners out of `env` and commits a copy
+/// of the message for each owner, with the owner as envelope sender (what sendmail and
+/// Postfix do for `owner-NAME`). Returns the copies' ids.
+async fn list_copies(
+    ctx: &Ctx,
+    env: &mut Envelope,
+    content: &mut ContentWriter,
+    owners: &[(String, String)],
+) -> Result<Vec<TxnId>, spool::SpoolError> {
+    use std::io::Read;
+    let mut groups: Vec<(String, Vec<Recipient>)> = Vec::new();
+    let mut rest = Vec::new();
+    for r in env.recipients.drain(..) {
+        match owners
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(&r.address))
+        {
+            Some((_, o)) => match groups.iter_mut().find(|(g, _)| g == o) {
+                Some((_, v)) => v.push(r),
+                None => groups.push((o.clone(), vec![r])),
+            },
+            None => rest.push(r),
+        }
+    }
+    env.recipients = rest;
+    let mut ids = Vec::new();
+    for (owner, rcpts) in groups {
+        let id = ctx.spool.ids().next();
+        let mut w = ctx.spool.content_writer(id);
+        let mut r = content.read_back()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = r.read(&mut buf).map_err(|e| spool::SpoolError::Write {
+                no_space: false,
+                message: format!("reading back the content: {e}"),
+            })?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n]).await?;
+        }
+        let size = w.len();
+        let copy = Envelope {
+            id,
+            sender: owner,
+            recipients: rcpts,
+            ..env.clone()
+        };
+        let mref = ctx.spool.commit(&copy, w).await?;
+        info!(queue_id = %id, original = %env.id, from = %copy.sender, size, nrcpt = copy.recipients.len(), "received (list copy for its owner)");
+        crate::metrics::Counters::inc(&ctx.counters.received);
+        ctx.queue.arrived(copy, mref, size).await;
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 fn spool_error_reply(e: &spool::SpoolError) -> Reply {
