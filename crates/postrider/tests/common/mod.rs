@@ -473,44 +473,67 @@ pub struct Dnsmasq {
 
 impl Dnsmasq {
     pub fn start(records: &[&str]) -> Dnsmasq {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-            .expect("a free UDP port");
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--local=/test/",
-                "--pid-file=",
-                "-C",
-                "/dev/null",
-            ])
-            .arg(format!("--port={port}"))
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (package dnsmasq-base)");
-        let d = Dnsmasq {
-            _proc: Proc(child),
-            port,
-        };
-        // Answering once means it is up: ask for the SOA-less root of `test`.
-        wait_for("dnsmasq to answer", Duration::from_secs(10), || {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-            s.set_read_timeout(Some(Duration::from_millis(200)))
-                .expect("timeout");
-            let q = [
-                0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
-            ];
-            s.send_to(&q, ("127.0.0.1", port)).is_ok() && s.recv(&mut [0u8; 512]).is_ok()
-        });
-        d
+        // dnsmasq binds UDP and TCP on its port; a port found free for UDP may be taken on
+        // TCP by another test's connection, so a failed start is retried on a new port.
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+                .expect("a free UDP port");
+            let err = tempfile::NamedTempFile::new().expect("temp file");
+            let mut child = Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--local=/test/",
+                    "--pid-file=",
+                    "-C",
+                    "/dev/null",
+                ])
+                .arg(format!("--port={port}"))
+                .args(records)
+                .stdout(Stdio::null())
+                .stderr(err.reopen().expect("stderr file"))
+                .spawn()
+                .expect("dnsmasq (package dnsmasq-base)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    last_err = std::fs::read_to_string(err.path()).unwrap_or_default();
+                    break;
+                }
+                if dns_answers(port) {
+                    return Dnsmasq {
+                        _proc: Proc(child),
+                        port,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_err = "no answer within 10s".into();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("dnsmasq did not start: {last_err}");
     }
+}
+
+/// Whether something answers a DNS query for `test` on the port.
+fn dns_answers(port: u16) -> bool {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let q = [
+        0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
+    ];
+    s.send_to(&q, ("127.0.0.1", port)).is_ok() && s.recv(&mut [0u8; 512]).is_ok()
 }
 
 /// A DSN as Python's email package parses it (tests/peers/dsncheck.py).
