@@ -287,4 +287,15 @@ mod tests {
         assert_eq!(status_of("550 5.1.1: user unknown", true), "5.1.1");
         assert_eq!(header_section(b"A: b\r\n\r\nbody"), b"A: b\r\n");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn status_is_always_a_status_code(text in "[ -~]{0,60}", permanent in proptest::prelude::any::<bool>()) {
+            let s = status_of(&text, permanent);
+            let parts: Vec<&str> = s.split('.').collect();
+            proptest::prop_assert_eq!(parts.len(), 3);
+            proptest::prop_assert!(matches!(parts[0], "2" | "4" | "5"));
+            proptest::prop_assert!(parts[1..].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())));
+        }
+    }
 }

@@ -735,4 +735,34 @@ mod tests {
         assert_eq!(r.to_string().trim_end(), "550 5.7.1 no thanks");
         assert_eq!(strip("<a@b>"), "a@b");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn header_edits_keep_a_header_section(
+            head in "([A-Za-z-]{1,10}: [ -~]{0,20}\r\n( [ -~]{1,10}\r\n)?){0,6}\r\n",
+            name in "[A-Za-z-]{1,10}",
+            value in "[ -~]{0,20}",
+            index in 0u32..8,
+        ) {
+            let changes = [
+                HeaderChange::Add { name: name.clone(), value: value.clone() },
+                HeaderChange::Insert { index, name: name.clone(), value: value.clone() },
+                HeaderChange::Change { index, name: name.clone(), value: String::new() },
+            ];
+            let out = apply_headers(head.as_bytes(), &changes);
+            proptest::prop_assert!(out.ends_with(b"\r\n\r\n") || out == b"\r\n");
+            // Every line of the result is a header or a continuation: nothing leaks into the body.
+            let text = String::from_utf8(out).unwrap();
+            for line in text.trim_end_matches("\r\n").split("\r\n").filter(|l| !l.is_empty()) {
+                proptest::prop_assert!(line.starts_with([' ', '\t']) || line.contains(':'), "{line:?}");
+            }
+        }
+
+        #[test]
+        fn header_section_reading_is_bounded(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
+            let head = read_header_section(&mut &data[..]);
+            proptest::prop_assert!(head.len() <= data.len());
+            proptest::prop_assert!(data.starts_with(&head));
+        }
+    }
 }

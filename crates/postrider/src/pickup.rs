@@ -206,4 +206,16 @@ mod tests {
         assert!(parse(b"a@b\nx y@z\n\nm").is_err());
         assert!(parse(b"a@b\nx@z").is_err(), "no end of envelope");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_checks_addresses(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Ok((sender, rcpts, _)) = parse(&data) {
+                proptest::prop_assert!(!rcpts.is_empty());
+                for a in std::iter::once(&sender).chain(&rcpts) {
+                    proptest::prop_assert!(!a.contains(['<', '>', ' ', '\n']));
+                }
+            }
+        }
+    }
 }

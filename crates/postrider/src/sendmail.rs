@@ -151,7 +151,9 @@ pub fn addresses(list: &str) -> Vec<String> {
             _ => item.rsplit(':').next().unwrap_or(item).trim(),
         };
         let addr = addr.trim_end_matches(';').trim();
-        if addr.contains('@') {
+        // An unbalanced bracket leaves no usable address: skip it rather than send garbage
+        // to the daemon as RCPT.
+        if addr.contains('@') && !addr.contains(['<', '>', ',']) {
             out.push(addr.to_owned());
         }
         cur.clear();
@@ -552,5 +554,25 @@ mod tests {
         let t = String::from_utf8(m).unwrap();
         assert!(t.contains("From: \"Me\" <me@h.test>\r\n"));
         assert!(t.ends_with("\r\n\r\njust a body line\r\n"), "{t}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn address_lists_never_panic_and_yield_addresses(list in "[ -~]{0,120}") {
+            for a in addresses(&list) {
+                proptest::prop_assert!(a.contains('@'), "{a:?} from {list:?}");
+                proptest::prop_assert!(!a.contains(['<', '>', ',']), "{a:?}");
+            }
+        }
+
+        #[test]
+        fn prepared_messages_have_crlf_lines(body in "[ -~\n]{0,200}") {
+            // As `run` does: line ends are made CRLF while reading, then headers are added.
+            let raw = read_message(&mut body.as_bytes(), false).unwrap();
+            let (m, _) = prepare(&raw, "me@h.test", None, "h.test", std::time::UNIX_EPOCH, "u");
+            let t = String::from_utf8(m).unwrap();
+            proptest::prop_assert!(!t.replace("\r\n", "").contains('\n'), "bare LF in {t:?}");
+            proptest::prop_assert!(t.contains("Message-ID: <"));
+        }
     }
 }
