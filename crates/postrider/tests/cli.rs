@@ -79,3 +79,22 @@ fn queue_list_works_without_a_daemon() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 }
+
+#[test]
+fn the_readme_configuration_sketch_is_valid() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let at = readme
+        .find("## Configuration")
+        .expect("a Configuration section");
+    let start = readme[at..].find("```toml").expect("a toml block") + at + "```toml".len();
+    let end = readme[start..].find("```").unwrap() + start;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("readme.toml");
+    std::fs::write(&file, &readme[start..end]).unwrap();
+    let out = postrider(&["check-config", "-c", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
