@@ -86,6 +86,64 @@ pub struct ShapeRow {
 }
 
 /// Serves the control socket until shutdown. The socket is created owner-only (0600).
+impl MessageInfo {
+    /// What `queue list` shows of a queued message.
+    pub fn of(env: &spool::Envelope, size: u64) -> Self {
+        MessageInfo {
+            id: env.id.to_string(),
+            size,
+            arrival: env.arrival,
+            sender: env.sender.clone(),
+            held: env.held,
+            recipients: env
+                .recipients
+                .iter()
+                .map(|r| RecipientInfo {
+                    address: r.address.clone(),
+                    state: r.state.to_string(),
+                    tries: r.tries,
+                    last_error: r.last_error.clone(),
+                })
+                .collect(),
+            headers: None,
+        }
+    }
+}
+
+/// Age buckets of `queue shape`, in minutes (Postfix's qshape).
+const SHAPE_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
+
+/// Open recipients by domain across age buckets, the `top` biggest domains first; from the
+/// daemon's queue or, with the daemon down, from the spool.
+pub fn shape<'a>(envs: impl Iterator<Item = &'a spool::Envelope>, top: usize) -> Vec<ShapeRow> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut rows: std::collections::HashMap<String, ShapeRow> = Default::default();
+    for env in envs {
+        let age = now.saturating_sub(env.arrival) / 60;
+        let bucket = SHAPE_BUCKETS
+            .iter()
+            .position(|&b| age < b)
+            .unwrap_or(SHAPE_BUCKETS.len());
+        for r in env.recipients.iter().filter(|r| !r.state.is_final()) {
+            let d = crate::queue::manager::rcpt_domain(&r.address);
+            let row = rows.entry(d.clone()).or_insert_with(|| ShapeRow {
+                domain: d,
+                total: 0,
+                buckets: vec![0; SHAPE_BUCKETS.len() + 1],
+            });
+            row.total += 1;
+            row.buckets[bucket] += 1;
+        }
+    }
+    let mut rows: Vec<ShapeRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));
+    rows.truncate(top);
+    rows
+}
+
 pub async fn serve(
     path: PathBuf,
     queue: QueueHandle,

@@ -4,10 +4,9 @@
 use std::process::ExitCode;
 
 use config::Config;
-use spool::RcptState;
 
 use crate::cli::QueueAction;
-use crate::control::{self, MessageInfo, RecipientInfo, Request, Response, ShapeRow};
+use crate::control::{self, MessageInfo, Request, Response};
 use crate::sysexits;
 
 pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
@@ -75,27 +74,16 @@ fn offline(cfg: &Config, req: &Request) -> Result<Response, ExitCode> {
         eprintln!("postrider: reading the spool {}: {e}", cfg.spool.display());
         ExitCode::from(sysexits::SOFTWARE)
     })?;
+    if let Request::Shape { top } = req {
+        return Ok(Response::Shape(control::shape(
+            rec.messages.iter().map(|(env, _)| env),
+            *top,
+        )));
+    }
     let mut list: Vec<MessageInfo> = rec
         .messages
         .iter()
-        .map(|(env, mref)| MessageInfo {
-            id: env.id.to_string(),
-            size: mref.len(),
-            arrival: env.arrival,
-            sender: env.sender.clone(),
-            held: env.held,
-            recipients: env
-                .recipients
-                .iter()
-                .map(|r| RecipientInfo {
-                    address: r.address.clone(),
-                    state: format!("{:?}", r.state).to_lowercase(),
-                    tries: r.tries,
-                    last_error: r.last_error.clone(),
-                })
-                .collect(),
-            headers: None,
-        })
+        .map(|(env, mref)| MessageInfo::of(env, mref.len()))
         .collect();
     list.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(match req {
@@ -103,44 +91,8 @@ fn offline(cfg: &Config, req: &Request) -> Result<Response, ExitCode> {
             Some(m) => Response::Message(m),
             None => Response::error(format!("no message {id} in the queue")),
         },
-        Request::Shape { top } => Response::Shape(shape_of(&list, *top)),
         _ => Response::List(list),
     })
-}
-
-fn shape_of(list: &[MessageInfo], top: usize) -> Vec<ShapeRow> {
-    const BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut rows: std::collections::BTreeMap<String, ShapeRow> = Default::default();
-    for m in list {
-        let age = now.saturating_sub(m.arrival) / 60;
-        let b = BUCKETS
-            .iter()
-            .position(|&x| age < x)
-            .unwrap_or(BUCKETS.len());
-        for r in &m.recipients {
-            if r.state == format!("{:?}", RcptState::Delivered).to_lowercase()
-                || r.state == format!("{:?}", RcptState::Failed).to_lowercase()
-            {
-                continue;
-            }
-            let d = crate::queue::manager::rcpt_domain(&r.address);
-            let row = rows.entry(d.clone()).or_insert_with(|| ShapeRow {
-                domain: d,
-                total: 0,
-                buckets: vec![0; BUCKETS.len() + 1],
-            });
-            row.total += 1;
-            row.buckets[b] += 1;
-        }
-    }
-    let mut rows: Vec<ShapeRow> = rows.into_values().collect();
-    rows.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));
-    rows.truncate(top);
-    rows
 }
 
 fn print(resp: Response, json: bool) -> ExitCode {

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::schedule::{AttemptOutcome, DomainId, Scheduler};
-use crate::control::{MessageInfo, RecipientInfo, Request, Response, ShapeRow};
+use crate::control::{MessageInfo, Request, Response};
 use crate::deliver::{Attempt, AttemptReport, Deliverer, JobMessage, JobRecipient, RcptOutcome};
 
 /// One undelivered (message, recipient) pair, as it sits in a domain's list.
@@ -544,25 +544,7 @@ impl Manager {
     }
 
     fn info(&self, m: &Msg) -> MessageInfo {
-        MessageInfo {
-            id: m.env.id.to_string(),
-            size: m.size,
-            arrival: m.env.arrival,
-            sender: m.env.sender.clone(),
-            held: m.env.held,
-            recipients: m
-                .env
-                .recipients
-                .iter()
-                .map(|r| RecipientInfo {
-                    address: r.address.clone(),
-                    state: format!("{:?}", r.state).to_lowercase(),
-                    tries: r.tries,
-                    last_error: r.last_error.clone(),
-                })
-                .collect(),
-            headers: None,
-        }
+        MessageInfo::of(&m.env, m.size)
     }
 
     async fn control(&mut self, req: Request) -> Response {
@@ -581,7 +563,10 @@ impl Manager {
                 }
                 None => Response::error(format!("no message {id} in the queue")),
             },
-            Request::Shape { top } => Response::Shape(self.shape(top)),
+            Request::Shape { top } => Response::Shape(crate::control::shape(
+                self.messages.values().map(|m| &m.env),
+                top,
+            )),
             Request::Stats => Response::Stats(self.stats()),
             Request::Flush { domain } => {
                 let now = Instant::now();
@@ -693,35 +678,5 @@ impl Manager {
             s.backoff_levels[l] += 1;
         }
         s
-    }
-
-    fn shape(&self, top: usize) -> Vec<ShapeRow> {
-        const BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
-        let unow = unix_now();
-        let mut rows: HashMap<String, ShapeRow> = HashMap::new();
-        for m in self.messages.values() {
-            let age_min = unow.saturating_sub(m.env.arrival) / 60;
-            let bucket = BUCKETS
-                .iter()
-                .position(|&b| age_min < b)
-                .unwrap_or(BUCKETS.len());
-            for r in &m.env.recipients {
-                if matches!(r.state, RcptState::Delivered | RcptState::Failed) {
-                    continue;
-                }
-                let d = rcpt_domain(&r.address);
-                let row = rows.entry(d.clone()).or_insert_with(|| ShapeRow {
-                    domain: d,
-                    total: 0,
-                    buckets: vec![0; BUCKETS.len() + 1],
-                });
-                row.total += 1;
-                row.buckets[bucket] += 1;
-            }
-        }
-        let mut rows: Vec<ShapeRow> = rows.into_values().collect();
-        rows.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));
-        rows.truncate(top);
-        rows
     }
 }
