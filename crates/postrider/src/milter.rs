@@ -130,19 +130,10 @@ impl Conn {
         }
     }
 
-    /// Sends `cmd` and, unless the milter said it will not reply, reads up to the final
-    /// response, collecting modifications on the way.
+    /// Sends `cmd` (after the stage's `macros`, in the same write) and, unless the milter
+    /// said it will not reply, reads up to the final response, collecting modifications on
+    /// the way.
     async fn call(
-        &mut self,
-        cmd: &Command,
-        no_reply: u32,
-        changes: &mut Changes,
-    ) -> Result<Response, Failure> {
-        self.call_with(None, cmd, no_reply, changes).await
-    }
-
-    /// `call`, with the stage's macros sent in the same write.
-    async fn call_with(
         &mut self,
         macros: Option<&Command>,
         cmd: &Command,
@@ -341,17 +332,31 @@ impl Milters {
         no_reply: u32,
         macros: &[(&str, String)],
     ) -> Verdict {
-        let mut ignored = Changes::default();
         let macro_cmd = self.macros(stage, macros);
+        let mut ignored = Changes::default();
+        self.call_all(Some(&macro_cmd), cmd, no_call, no_reply, &mut ignored)
+            .await
+    }
+
+    /// `cmd` (after `macros`, if any) at every milter still listening, in order, collecting
+    /// modifications; the first verdict other than continue wins. A milter that fails is
+    /// dropped and its `on_failure` decides.
+    async fn call_all(
+        &mut self,
+        macros: Option<&Command>,
+        cmd: &Command,
+        no_call: u32,
+        no_reply: u32,
+        changes: &mut Changes,
+    ) -> Verdict {
+        let body = matches!(cmd, Command::Body(_));
         for slot in &mut self.conns {
             let Some(c) = slot else { continue };
-            if c.accepted || c.protocol & no_call != 0 {
+            if c.accepted || c.protocol & no_call != 0 || (body && c.skip_body) {
                 continue;
             }
-            let res = c
-                .call_with(Some(&macro_cmd), cmd, no_reply, &mut ignored)
-                .await;
-            match res {
+            match c.call(macros, cmd, no_reply, changes).await {
+                Ok(Response::Skip) if body => c.skip_body = true,
                 Ok(r) => match Self::judge(c, r) {
                     Verdict::Continue => {}
                     v => return v,
@@ -468,14 +473,15 @@ impl Milters {
                 value: value.trim_start().to_string(),
             };
             let v = self
-                .each(&cmd, SMFIP_NOHDRS, SMFIP_NR_HDR, &mut changes)
+                .call_all(None, &cmd, SMFIP_NOHDRS, SMFIP_NR_HDR, &mut changes)
                 .await;
             if v != Verdict::Continue {
                 return (v, changes);
             }
         }
         let v = self
-            .each(
+            .call_all(
+                None,
                 &Command::EndOfHeaders,
                 SMFIP_NOEOH,
                 SMFIP_NR_EOH,
@@ -493,67 +499,17 @@ impl Milters {
             };
             let cmd = Command::Body(chunk[..n].to_vec());
             let v = self
-                .each(&cmd, SMFIP_NOBODY, SMFIP_NR_BODY, &mut changes)
+                .call_all(None, &cmd, SMFIP_NOBODY, SMFIP_NR_BODY, &mut changes)
                 .await;
             if v != Verdict::Continue {
                 return (v, changes);
             }
         }
-        let eom = [("i", queue_id.to_string())];
-        let macro_cmd = self.macros(SMFIC_BODYEOB, &eom);
-        for slot in &mut self.conns {
-            let Some(c) = slot else { continue };
-            if c.accepted {
-                continue;
-            }
-            let res = c
-                .call_with(Some(&macro_cmd), &Command::EndOfBody, 0, &mut changes)
-                .await;
-            match res {
-                Ok(r) => {
-                    let v = Self::judge(c, r);
-                    if v != Verdict::Continue {
-                        return (v, changes);
-                    }
-                }
-                Err(e) => {
-                    if let Some(v) = drop_failed(slot, &e) {
-                        return (v, changes);
-                    }
-                }
-            }
-        }
-        (Verdict::Continue, changes)
-    }
-
-    /// A message-stage command at every milter still listening (headers, body).
-    async fn each(
-        &mut self,
-        cmd: &Command,
-        no_call: u32,
-        no_reply: u32,
-        changes: &mut Changes,
-    ) -> Verdict {
-        let body = matches!(cmd, Command::Body(_));
-        for slot in &mut self.conns {
-            let Some(c) = slot else { continue };
-            if c.accepted || c.protocol & no_call != 0 || (body && c.skip_body) {
-                continue;
-            }
-            match c.call(cmd, no_reply, changes).await {
-                Ok(Response::Skip) if body => c.skip_body = true,
-                Ok(r) => match Self::judge(c, r) {
-                    Verdict::Continue => {}
-                    v => return v,
-                },
-                Err(e) => {
-                    if let Some(v) = drop_failed(slot, &e) {
-                        return v;
-                    }
-                }
-            }
-        }
-        Verdict::Continue
+        let eom = self.macros(SMFIC_BODYEOB, &[("i", queue_id.to_string())]);
+        let v = self
+            .call_all(Some(&eom), &Command::EndOfBody, 0, 0, &mut changes)
+            .await;
+        (v, changes)
     }
 
     /// The transaction was reset (RSET, or refused): milters forget the message.

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::deliver::Deliverer;
-use crate::deliver::client::{ClientSettings, TlsMode};
+use crate::deliver::client::ClientSettings;
 use crate::queue::manager::{Manager, QueueHandle, Settings};
 use crate::server::{self, Ctx, limits::ConnLimits};
 
@@ -385,15 +385,6 @@ fn spool_config(cfg: &Config) -> spool::SpoolConfig {
     }
 }
 
-pub fn tls_mode(p: config::TlsPolicy) -> TlsMode {
-    match p {
-        config::TlsPolicy::None => TlsMode::None,
-        config::TlsPolicy::Opportunistic => TlsMode::Opportunistic,
-        config::TlsPolicy::Required => TlsMode::Required,
-        config::TlsPolicy::Verify => TlsMode::Verify,
-    }
-}
-
 fn client_settings(cfg: &Config) -> anyhow::Result<ClientSettings> {
     let d = &cfg.delivery;
     let wants_verify = d.tls == config::TlsPolicy::Verify
@@ -414,7 +405,7 @@ fn client_settings(cfg: &Config) -> anyhow::Result<ClientSettings> {
     Ok(ClientSettings {
         hostname: cfg.hostname.clone(),
         helo: d.helo,
-        tls: tls_mode(d.tls),
+        tls: d.tls,
         tls_config: crate::deliver::tls::client_config(),
         verify_config,
         transcript: d.transcript,

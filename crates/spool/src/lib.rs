@@ -661,6 +661,20 @@ impl ContentWriter {
         self.write_file(data)
     }
 
+    /// Appends everything `r` yields (a copy or a rewrite of other content).
+    pub async fn write_from(&mut self, r: &mut (dyn Read + Send)) -> Result<(), SpoolError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .map_err(|e| SpoolError::io("reading content back", e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.write(&buf[..n]).await?;
+        }
+    }
+
     /// A reader over what was written so far (for content filters before commit).
     pub fn read_back(&mut self) -> Result<Box<dyn Read + Send>, SpoolError> {
         match &mut self.file {

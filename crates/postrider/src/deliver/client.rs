@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use config::TlsPolicy;
 use smtp_proto::{
     Capabilities, Command, DotStuffer, ForwardPath, MailParams, Mailbox, Notify as WireNotify,
     RcptParams, Reply, ReplyParser, Ret, ReversePath,
@@ -21,22 +22,13 @@ use super::{JobMessage, RcptOutcome};
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    None,
-    Opportunistic,
-    Required,
-    /// Required, and the certificate must chain to the configured CAs and name the host.
-    Verify,
-}
-
 #[derive(Clone)]
 pub struct ClientSettings {
     pub hostname: String,
     pub helo: bool,
-    pub tls: TlsMode,
+    pub tls: TlsPolicy,
     pub tls_config: Arc<rustls::ClientConfig>,
-    /// For `TlsMode::Verify`; loaded at start when any policy asks for it.
+    /// For `TlsPolicy::Verify`; loaded at start when any policy asks for it.
     pub verify_config: Option<Arc<rustls::ClientConfig>>,
     pub transcript: bool,
     pub connect_timeout: Duration,
@@ -108,11 +100,11 @@ impl Client {
             return Err(SessionError::Refused(c.relay.clone(), greeting));
         }
         c.hello().await?;
-        let want_tls = c.settings.tls != TlsMode::None && !lmtp;
+        let want_tls = c.settings.tls != TlsPolicy::None && !lmtp;
         if want_tls && c.caps.starttls {
             c.starttls(server_name).await?;
             c.hello().await?;
-        } else if matches!(c.settings.tls, TlsMode::Required | TlsMode::Verify) && !lmtp {
+        } else if matches!(c.settings.tls, TlsPolicy::Required | TlsPolicy::Verify) && !lmtp {
             return Err(SessionError::Tls(
                 c.relay.clone(),
                 "STARTTLS required by policy but not offered".into(),
@@ -165,7 +157,7 @@ impl Client {
                 format!("STARTTLS refused: {r}"),
             ));
         }
-        let verify = self.settings.tls == TlsMode::Verify;
+        let verify = self.settings.tls == TlsPolicy::Verify;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_owned());
         // Unverified TLS needs some name for SNI; a verified one must be the MX host's.
         let name = if verify {

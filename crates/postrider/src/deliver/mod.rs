@@ -187,7 +187,7 @@ impl Deliverer {
                 Ok(dests) => {
                     let mut settings = self.settings.clone();
                     if let Some(p) = self.tls_policy.lookup(&attempt.domain_name) {
-                        settings.tls = crate::serve::tls_mode(*p);
+                        settings.tls = *p;
                     }
                     self.deliver(&dests, live, &settings, &mut results).await
                 }

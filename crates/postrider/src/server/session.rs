@@ -875,7 +875,6 @@ async fn rewrite(
     content: ContentWriter,
     changes: &crate::milter::Changes,
 ) -> Result<ContentWriter, spool::SpoolError> {
-    use std::io::Read;
     let id = content.id();
     let mut r = content.into_reader()?;
     let head = crate::milter::read_header_section(&mut r);
@@ -894,19 +893,7 @@ async fn rewrite(
             }
             w.write(&fixed).await?;
         }
-        None => {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = r.read(&mut buf).map_err(|e| spool::SpoolError::Write {
-                    no_space: false,
-                    message: format!("reading back the content: {e}"),
-                })?;
-                if n == 0 {
-                    break;
-                }
-                w.write(&buf[..n]).await?;
-            }
-        }
+        None => w.write_from(&mut r).await?,
     }
     Ok(w)
 }
@@ -920,7 +907,6 @@ async fn list_copies(
     content: &mut ContentWriter,
     owners: &[(String, String)],
 ) -> Result<Vec<TxnId>, spool::SpoolError> {
-    use std::io::Read;
     let mut groups: Vec<(String, Vec<Recipient>)> = Vec::new();
     let mut rest = Vec::new();
     for r in env.recipients.drain(..) {
@@ -940,18 +926,7 @@ async fn list_copies(
     for (owner, rcpts) in groups {
         let id = ctx.spool.ids().next();
         let mut w = ctx.spool.content_writer(id);
-        let mut r = content.read_back()?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = r.read(&mut buf).map_err(|e| spool::SpoolError::Write {
-                no_space: false,
-                message: format!("reading back the content: {e}"),
-            })?;
-            if n == 0 {
-                break;
-            }
-            w.write(&buf[..n]).await?;
-        }
+        w.write_from(&mut content.read_back()?).await?;
         let size = w.len();
         let copy = Envelope {
             id,
