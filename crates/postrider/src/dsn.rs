@@ -59,24 +59,15 @@ pub struct Dsn<'a> {
 }
 
 /// Picks the enhanced status code out of a reply or reason text, else a default by class.
-pub fn status_of(text: &str, permanent: bool) -> String {
-    for word in text.split_whitespace().take(3) {
-        let w = word.trim_end_matches([',', ';', ':']);
-        let mut parts = w.split('.');
-        if let (Some(a), Some(b), Some(c), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-            && matches!(a, "2" | "4" | "5")
-            && !b.is_empty()
-            && b.len() <= 3
-            && b.bytes().all(|x| x.is_ascii_digit())
-            && !c.is_empty()
-            && c.len() <= 3
-            && c.bytes().all(|x| x.is_ascii_digit())
-        {
-            return w.to_owned();
-        }
-    }
-    if permanent { "5.0.0" } else { "4.0.0" }.to_owned()
+pub fn status_of(text: &str, class: u8) -> String {
+    text.split_whitespace()
+        .take(3)
+        .find_map(|w| {
+            w.trim_end_matches([',', ';', ':'])
+                .parse::<smtp_proto::EnhancedCode>()
+                .ok()
+        })
+        .map_or_else(|| format!("{class}.0.0"), |c| c.to_string())
 }
 
 fn date(secs: u64) -> String {
@@ -233,7 +224,7 @@ mod tests {
                     final_recipient: "bad@dst.test".into(),
                     original_recipient: Some("rfc822;Bad@Dst.Test".into()),
                     action: Action::Failed,
-                    status: status_of("550 5.1.1 no such user", true),
+                    status: status_of("550 5.1.1 no such user", 5),
                     remote_mta: Some("sink.dst.test".into()),
                     diagnostic: Some("550 5.1.1 no such user".into()),
                     last_attempt: 1_795_395_800,
@@ -242,7 +233,7 @@ mod tests {
                     final_recipient: "gone@dst.test".into(),
                     original_recipient: None,
                     action: Action::Failed,
-                    status: status_of("host not found", true),
+                    status: status_of("host not found", 5),
                     remote_mta: None,
                     diagnostic: None,
                     last_attempt: 1_795_395_800,
@@ -278,20 +269,20 @@ mod tests {
 
     #[test]
     fn status_extraction() {
-        assert_eq!(status_of("550 5.1.1 user unknown", true), "5.1.1");
+        assert_eq!(status_of("550 5.1.1 user unknown", 5), "5.1.1");
         assert_eq!(
-            status_of("5.4.6 mail for x loops back to myself", true),
+            status_of("5.4.6 mail for x loops back to myself", 5),
             "5.4.6"
         );
-        assert_eq!(status_of("451 try later", false), "4.0.0");
-        assert_eq!(status_of("550 5.1.1: user unknown", true), "5.1.1");
+        assert_eq!(status_of("451 try later", 4), "4.0.0");
+        assert_eq!(status_of("550 5.1.1: user unknown", 5), "5.1.1");
         assert_eq!(header_section(b"A: b\r\n\r\nbody"), b"A: b\r\n");
     }
 
     proptest::proptest! {
         #[test]
-        fn status_is_always_a_status_code(text in "[ -~]{0,60}", permanent in proptest::prelude::any::<bool>()) {
-            let s = status_of(&text, permanent);
+        fn status_is_always_a_status_code(text in "[ -~]{0,60}", class in proptest::sample::select(vec![2u8, 4, 5])) {
+            let s = status_of(&text, class);
             let parts: Vec<&str> = s.split('.').collect();
             proptest::prop_assert_eq!(parts.len(), 3);
             proptest::prop_assert!(matches!(parts[0], "2" | "4" | "5"));

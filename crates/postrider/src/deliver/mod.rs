@@ -350,31 +350,21 @@ impl Deliverer {
     }
 }
 
-/// The enhanced status code in a reply, or `CLASS.0.0`.
-fn dsn_code(reply: &str, class: &str) -> String {
-    let s = crate::dsn::status_of(reply, true);
-    if s.starts_with(class) || class != "2" && !s.starts_with('2') {
-        s
-    } else {
-        format!("{class}.0.0")
-    }
-}
-
 /// One line per recipient result: what an administrator greps for by queue id.
 fn log_result(domain: &str, r: &RcptResult, to: &str, delay: u64) {
     let rcpt_id = r.id.rcpt_id(r.index);
     match &r.outcome {
         RcptOutcome::Delivered { relay, reply, .. } => info!(
-            queue_id = %r.id, %rcpt_id, to, domain, relay, delay, dsn = %dsn_code(reply, "2"),
+            queue_id = %r.id, %rcpt_id, to, domain, relay, delay, dsn = %crate::dsn::status_of(reply, 2),
             status = "sent", reply, "delivered"
         ),
         RcptOutcome::Deferred { relay, reply } => info!(
             queue_id = %r.id, %rcpt_id, to, domain, relay = relay.as_deref().unwrap_or("none"), delay,
-            dsn = %dsn_code(reply, "4"), status = "deferred", reply, "deferred"
+            dsn = %crate::dsn::status_of(reply, 4), status = "deferred", reply, "deferred"
         ),
         RcptOutcome::Failed { relay, reply } => info!(
             queue_id = %r.id, %rcpt_id, to, domain, relay = relay.as_deref().unwrap_or("none"), delay,
-            dsn = %dsn_code(reply, "5"), status = "bounced", reply, "failed"
+            dsn = %crate::dsn::status_of(reply, 5), status = "bounced", reply, "failed"
         ),
     }
 }

@@ -131,8 +131,8 @@ pub async fn send(
                 original_recipient: r.orcpt.clone(),
                 action,
                 status: match action {
-                    Action::Failed => status_of(diag.as_deref().unwrap_or(""), true),
-                    Action::Delayed => status_of(diag.as_deref().unwrap_or(""), false),
+                    Action::Failed => status_of(diag.as_deref().unwrap_or(""), 5),
+                    Action::Delayed => status_of(diag.as_deref().unwrap_or(""), 4),
                     _ => "2.0.0".into(),
                 },
                 // The relay is "host[ip]:port"; Remote-MTA names the host.
