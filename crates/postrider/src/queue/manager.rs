@@ -321,8 +321,16 @@ impl Manager {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
+        // A tick: one scheduling event and the attempts it makes due, measured from the
+        // event to the end of the `start_attempts` that follows it. Its cost must not grow
+        // with the queue (bench/memory.py). Control queries (list, stats for a scrape) walk
+        // the queue by nature and are not scheduling work, so they are not counted.
+        let mut tick: Option<Instant> = None;
         loop {
             self.start_attempts();
+            if let Some(started) = tick.take() {
+                self.settings.counters.tick(started.elapsed());
+            }
             let wake = self.sched.next_wakeup();
             let sleep = async {
                 match wake {
@@ -333,19 +341,14 @@ impl Manager {
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(m) => {
-                        // A tick: one scheduling event and the attempts it makes due. Its
-                        // cost must not grow with the queue (bench/memory.py). Control
-                        // queries (list, stats for a scrape) walk the queue by nature and
-                        // are not scheduling work, so they are not counted.
-                        let query = matches!(m, QueueMsg::Control(..));
                         let started = Instant::now();
+                        let query = matches!(m, QueueMsg::Control(..));
                         self.handle(m).await;
-                        self.start_attempts();
                         if !query {
-                            self.settings.counters.tick(started.elapsed());
+                            tick = Some(started);
                         }
                     }
-                    None => return,
+                    None => break,
                 },
                 Some(ids) = async {
                     match self.relocations.as_mut() {
