@@ -62,17 +62,8 @@ fn args() -> Result<Args, String> {
 fn resolver(server: SocketAddr) -> Resolver {
     Resolver::new(ResolverConfig {
         nameservers: Some(vec![server]),
-        timeout: Duration::from_secs(5),
-        attempts: 2,
-        routes: Default::default(),
-        local_domains: vec![],
-        lmtp: None,
-        port: 25,
-        implicit_mx: true,
         ipv6: false,
-        srv: false,
-        self_addresses: vec![],
-        listen: vec![],
+        ..Default::default()
     })
     .expect("resolver setup")
 }

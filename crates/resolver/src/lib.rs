@@ -57,6 +57,26 @@ pub struct ResolverConfig {
     pub listen: Vec<SocketAddr>,
 }
 
+impl Default for ResolverConfig {
+    /// The configuration file's defaults: system DNS, port 25, implicit MX, IPv6, no SRV.
+    fn default() -> Self {
+        ResolverConfig {
+            nameservers: None,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+            routes: RouteTable::default(),
+            local_domains: Vec::new(),
+            lmtp: None,
+            port: 25,
+            implicit_mx: true,
+            ipv6: true,
+            srv: false,
+            self_addresses: Vec::new(),
+            listen: Vec::new(),
+        }
+    }
+}
+
 /// One place to try, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -720,15 +740,8 @@ mod tests {
             nameservers: Some(vec![silent.local_addr().unwrap()]),
             timeout,
             attempts: 1,
-            routes: Default::default(),
-            local_domains: vec![],
-            lmtp: None,
-            port: 25,
-            implicit_mx: true,
             ipv6: false,
-            srv: false,
-            self_addresses: vec![],
-            listen: vec![],
+            ..Default::default()
         };
         (Resolver::new(cfg).unwrap(), silent)
     }

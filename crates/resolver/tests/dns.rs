@@ -108,15 +108,10 @@ fn cfg(dns: &Dnsmasq) -> ResolverConfig {
         nameservers: Some(vec![dns.addr]),
         timeout: Duration::from_secs(2),
         attempts: 1,
-        routes: RouteTable::default(),
-        local_domains: vec![],
-        lmtp: None,
         port: 2525,
-        implicit_mx: true,
         ipv6: false,
-        srv: false,
-        self_addresses: vec![],
         listen: vec!["127.0.0.9:2525".parse().unwrap()],
+        ..Default::default()
     }
 }
 
