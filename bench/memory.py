@@ -16,28 +16,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "postrider")
+from bench import BIN, ROOT, free_port, wait_port  # noqa: E402  (same folder)
+
 FILL = os.path.join(ROOT, "target", "release", "examples", "fill")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.01)
-    return False
 
 
 def scrape(port):
@@ -82,9 +63,9 @@ def case(messages, per, domains):
         log = open(f"{d}/log", "w")
         t0 = time.time()
         p = subprocess.Popen([BIN, "serve", "-c", cfg], stderr=log, stdout=subprocess.DEVNULL)
-        wait_port(port)
+        wait_port(port, 120)
         listening = time.time() - t0
-        wait_port(mport)
+        wait_port(mport, 120)
         text = open(f"{d}/log").read()
         m = re.search(r"recovery took (\d+) ms", text)
         recovery_ms = int(m.group(1)) if m else -1
