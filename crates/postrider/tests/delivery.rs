@@ -263,9 +263,7 @@ fn a_refusing_or_unreachable_mx_sends_us_to_the_next() {
     wait_for("the rejection to be final", Duration::from_secs(30), || {
         d.log().contains("550 5.1.1 no such user")
     });
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
     assert_eq!(b.messages().len(), 1, "no retry of a 550 at the next MX");
     drop(r);
 }
@@ -301,9 +299,7 @@ fn a_dropped_connection_defers_the_rest_of_the_batch() {
     wait_for("the rest delivered", Duration::from_secs(30), || {
         ok.messages().len() == 3
     });
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
 }
 
 #[test]
@@ -515,9 +511,7 @@ fn what_the_server_cannot_take_is_bounced_without_sending_it() {
         0,
         "nothing was sent to the narrow server"
     );
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
 }
 
 #[test]
@@ -572,7 +566,5 @@ fn aliases_expand_and_list_copies_go_out_under_the_owner() {
         .find(|r| r["mail_from"] == "poster@src.test")
         .expect("plain copy");
     assert_eq!(plain["rcpt_tos"], serde_json::json!(["carol@lists.test"]));
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
 }

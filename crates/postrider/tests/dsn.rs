@@ -74,9 +74,7 @@ fn rcpt_rejections_make_one_dsn_with_every_field() {
     wait_for("the DSN", Duration::from_secs(30), || {
         !dsns(&src).is_empty()
     });
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
     assert_eq!(dst.messages().len(), 1, "good@ was delivered");
     let all = dsns(&src);
     assert_eq!(
@@ -148,9 +146,7 @@ fn data_rejection_returns_the_full_message_with_ret_full() {
     );
     assert_eq!(dsn["returned_type"], "message/rfc822");
     assert!(dsn["returned"].as_str().unwrap().contains("body line one"));
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
 }
 
 #[test]
@@ -197,9 +193,7 @@ fn dns_failures_and_loops_bounce_with_their_status() {
             ("rfc822; c@loop.test".to_string(), "5.4.6".to_string()),
         ]
     );
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
 }
 
 #[test]
@@ -239,9 +233,7 @@ fn expiry_and_a_single_delay_notice() {
             .unwrap()
             .contains("expired")
     );
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
 }
 
 #[test]
@@ -269,9 +261,7 @@ fn notify_never_and_success_reports() {
     });
     // The queue empties only once every DSN due is itself queued, so after that no DSN
     // for the NOTIFY=NEVER failure can still appear.
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
     let all = dsns(&src);
     assert_eq!(all.len(), 1, "no report for NOTIFY=NEVER: {all:?}");
     let r = recipient(&all[0], "good@dst.test");
@@ -306,9 +296,7 @@ fn a_bounce_that_fails_goes_to_the_postmaster() {
             .unwrap()
             .contains("no such sender")
     );
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
 }
 
 #[test]
@@ -322,9 +310,7 @@ fn a_failed_double_bounce_is_logged_and_dropped() {
         src.port
     ));
     submit(&d, "<sender@src.test>", &["<bad@dst.test>"], "x");
-    wait_for("the queue to empty", Duration::from_secs(30), || {
-        d.queued() == 0
-    });
+    d.wait_empty(30);
     assert!(
         d.log().contains("double bounce undeliverable; dropped"),
         "{}",
@@ -358,9 +344,7 @@ fn a_crash_after_the_dsn_is_queued_loses_nothing() {
     wait_for("the DSN delivered", Duration::from_secs(30), || {
         !dsns(&src).is_empty()
     });
-    wait_for("the queue to empty", Duration::from_secs(20), || {
-        d.queued() == 0
-    });
+    d.wait_empty(20);
     let n = dsns(&src).len();
     assert!(
         (1..=2).contains(&n),

@@ -242,7 +242,7 @@ fn deliver_to_alice(dc: &Dovecot, d: &Daemon) {
     // Dovecot's own trace: the envelope made it through LMTP intact.
     assert!(msg.contains("Return-Path: <sender@src.test>"), "{msg}");
     assert!(msg.contains("Delivered-To: alice@local.test"), "{msg}");
-    wait_for("queue empty", Duration::from_secs(20), || d.queued() == 0);
+    d.wait_empty(20);
     assert!(
         dc.log().contains("saved mail to INBOX"),
         "dovecot log:\n{}",

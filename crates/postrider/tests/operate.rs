@@ -127,9 +127,7 @@ fn queue_commands_against_a_running_daemon() {
     wait_for("b.test's message", Duration::from_secs(20), || {
         sink_b.messages().len() == 1
     });
-    wait_for("an empty queue", Duration::from_secs(10), || {
-        d.queued() == 0
-    });
+    d.wait_empty(10);
     // Unknown ids are errors with a message, not silence.
     let out = d.cli(&["queue", "show", "S000000000000000100"]);
     assert!(!out.status.success());

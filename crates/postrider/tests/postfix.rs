@@ -49,11 +49,7 @@ fn postrider_delivers_into_postfix() {
         Duration::from_secs(90),
         || sink.messages().len() == 20,
     );
-    wait_for(
-        "postrider's queue to empty",
-        Duration::from_secs(30),
-        || d.queued() == 0,
-    );
+    d.wait_empty(30);
     let log = d.log();
     assert!(log.contains("delivered"), "{log}");
 }

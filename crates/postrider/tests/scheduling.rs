@@ -83,9 +83,7 @@ fn newest_first_and_old_mail_rides_along_with_new() {
         recs.iter().all(|r| r["conn"] == recs[0]["conn"]),
         "one connection carried them all: {recs:?}"
     );
-    wait_for("the queue to empty", Duration::from_secs(10), || {
-        d.queued() == 0
-    });
+    d.wait_empty(10);
 }
 
 /// Seconds between consecutive connections.
@@ -139,9 +137,7 @@ fn backoff_is_per_domain_and_a_failed_probe_keeps_the_schedule() {
     wait_for("three messages delivered", Duration::from_secs(20), || {
         ok.messages().len() == 3
     });
-    wait_for("the queue to empty", Duration::from_secs(10), || {
-        d.queued() == 0
-    });
+    d.wait_empty(10);
     drop(ok);
     // Failing again starts from the first step (1s), not from 20s.
     let sink = Sink::start_on(port, &busy);
@@ -190,9 +186,7 @@ fn one_connection_per_domain_with_fifty_domains_in_parallel() {
         max_open >= 10,
         "domains must be delivered in parallel: max {max_open} open"
     );
-    wait_for("the queue to empty", Duration::from_secs(10), || {
-        d.queued() == 0
-    });
+    d.wait_empty(10);
 }
 
 #[test]
@@ -234,9 +228,7 @@ fn a_large_domain_does_not_starve_a_small_one() {
         waited < Duration::from_secs(5),
         "small domain waited {waited:?} behind {big_done} big-domain deliveries"
     );
-    wait_for("the big domain to finish", Duration::from_secs(120), || {
-        d.queued() == 0
-    });
+    d.wait_empty(120);
 }
 
 #[test]
@@ -266,7 +258,5 @@ fn a_restart_keeps_the_schedule_and_the_mail() {
     wait_for("delivery after flush", Duration::from_secs(20), || {
         sink.messages().len() == 1
     });
-    wait_for("the queue to empty", Duration::from_secs(10), || {
-        d.queued() == 0
-    });
+    d.wait_empty(10);
 }

@@ -168,6 +168,13 @@ impl Daemon {
         self.queue_json().as_array().map_or(0, Vec::len)
     }
 
+    /// Waits (up to `secs`) until nothing is left in the queue.
+    pub fn wait_empty(&self, secs: u64) {
+        wait_for("the queue to empty", Duration::from_secs(secs), || {
+            self.queued() == 0
+        });
+    }
+
     /// `postrider ARGS -c CONFIG`, returning its output.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_postrider"))
