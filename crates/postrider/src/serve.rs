@@ -404,18 +404,9 @@ fn client_settings(cfg: &Config) -> anyhow::Result<ClientSettings> {
     };
     Ok(ClientSettings {
         hostname: cfg.hostname.clone(),
-        helo: d.helo,
-        tls: d.tls,
+        delivery: d.clone(),
         tls_config: crate::deliver::tls::client_config(),
         verify_config,
-        transcript: d.transcript,
-        connect_timeout: d.connect_timeout,
-        greeting_timeout: d.greeting_timeout,
-        mail_timeout: d.mail_timeout,
-        rcpt_timeout: d.rcpt_timeout,
-        data_timeout: d.data_timeout,
-        data_block_timeout: d.data_block_timeout,
-        data_done_timeout: d.data_done_timeout,
     })
 }
 

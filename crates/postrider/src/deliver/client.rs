@@ -25,19 +25,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 #[derive(Clone)]
 pub struct ClientSettings {
     pub hostname: String,
-    pub helo: bool,
-    pub tls: TlsPolicy,
+    /// `[delivery]`: HELO, timeouts, transcript and the TLS policy (which `[tls_policy]`
+    /// may override per destination).
+    pub delivery: config::Delivery,
     pub tls_config: Arc<rustls::ClientConfig>,
     /// For `TlsPolicy::Verify`; loaded at start when any policy asks for it.
     pub verify_config: Option<Arc<rustls::ClientConfig>>,
-    pub transcript: bool,
-    pub connect_timeout: Duration,
-    pub greeting_timeout: Duration,
-    pub mail_timeout: Duration,
-    pub rcpt_timeout: Duration,
-    pub data_timeout: Duration,
-    pub data_block_timeout: Duration,
-    pub data_done_timeout: Duration,
 }
 
 /// Why a connection could not be used; the next destination may do better.
@@ -95,16 +88,20 @@ impl Client {
             settings,
             tls: false,
         };
-        let greeting = c.read_reply(c.settings.greeting_timeout).await?;
+        let greeting = c.read_reply(c.settings.delivery.greeting_timeout).await?;
         if !greeting.is_positive() {
             return Err(SessionError::Refused(c.relay.clone(), greeting));
         }
         c.hello().await?;
-        let want_tls = c.settings.tls != TlsPolicy::None && !lmtp;
+        let want_tls = c.settings.delivery.tls != TlsPolicy::None && !lmtp;
         if want_tls && c.caps.starttls {
             c.starttls(server_name).await?;
             c.hello().await?;
-        } else if matches!(c.settings.tls, TlsPolicy::Required | TlsPolicy::Verify) && !lmtp {
+        } else if matches!(
+            c.settings.delivery.tls,
+            TlsPolicy::Required | TlsPolicy::Verify
+        ) && !lmtp
+        {
             return Err(SessionError::Tls(
                 c.relay.clone(),
                 "STARTTLS required by policy but not offered".into(),
@@ -117,7 +114,10 @@ impl Client {
         let name = self.settings.hostname.clone();
         if self.lmtp {
             let r = self
-                .command(&Command::Lhlo(name), self.settings.greeting_timeout)
+                .command(
+                    &Command::Lhlo(name),
+                    self.settings.delivery.greeting_timeout,
+                )
                 .await?;
             if !r.is_positive() {
                 return Err(SessionError::Refused(self.relay.clone(), r));
@@ -125,20 +125,26 @@ impl Client {
             self.caps = Capabilities::from_ehlo(&r);
             return Ok(());
         }
-        if !self.settings.helo {
+        if !self.settings.delivery.helo {
             // SMTPRC /HELO-: servers that do not insist get no greeting round trip.
             self.caps = Capabilities::default();
             return Ok(());
         }
         let r = self
-            .command(&Command::Ehlo(name.clone()), self.settings.greeting_timeout)
+            .command(
+                &Command::Ehlo(name.clone()),
+                self.settings.delivery.greeting_timeout,
+            )
             .await?;
         if r.is_positive() {
             self.caps = Capabilities::from_ehlo(&r);
             return Ok(());
         }
         let r = self
-            .command(&Command::Helo(name), self.settings.greeting_timeout)
+            .command(
+                &Command::Helo(name),
+                self.settings.delivery.greeting_timeout,
+            )
             .await?;
         if !r.is_positive() {
             return Err(SessionError::Refused(self.relay.clone(), r));
@@ -149,7 +155,7 @@ impl Client {
 
     async fn starttls(&mut self, server_name: &str) -> Result<(), SessionError> {
         let r = self
-            .command(&Command::StartTls, self.settings.greeting_timeout)
+            .command(&Command::StartTls, self.settings.delivery.greeting_timeout)
             .await?;
         if !r.is_positive() {
             return Err(SessionError::Tls(
@@ -157,7 +163,7 @@ impl Client {
                 format!("STARTTLS refused: {r}"),
             ));
         }
-        let verify = self.settings.tls == TlsPolicy::Verify;
+        let verify = self.settings.delivery.tls == TlsPolicy::Verify;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_owned());
         // Unverified TLS needs some name for SNI; a verified one must be the MX host's.
         let name = if verify {
@@ -177,7 +183,7 @@ impl Client {
         // The plain stream is replaced by the TLS one; a placeholder fills the gap.
         let plain = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
         let tls = tokio::time::timeout(
-            self.settings.greeting_timeout,
+            self.settings.delivery.greeting_timeout,
             connector.connect(name, plain),
         )
         .await
@@ -190,7 +196,7 @@ impl Client {
     }
 
     fn log(&self, dir: &str, text: &str, id: Option<&str>) {
-        if self.settings.transcript {
+        if self.settings.delivery.transcript {
             for line in text.trim_end().split("\r\n") {
                 info!(queue_id = id.unwrap_or("-"), relay = %self.relay, "{dir} {line}");
             }
@@ -210,7 +216,7 @@ impl Client {
         loop {
             if let Some(r) = self.parser.next_reply() {
                 let r = r.map_err(|e| SessionError::Protocol(self.relay.clone(), e.to_string()))?;
-                if self.settings.transcript {
+                if self.settings.delivery.transcript {
                     self.log("<-", &String::from_utf8_lossy(&r.to_bytes()), None);
                 }
                 return Ok(r);
@@ -358,23 +364,25 @@ impl Client {
                 batch.push_str(&Command::Data.to_line());
             }
             self.log("->", &batch, Some(&id));
-            self.write(batch.as_bytes(), self.settings.mail_timeout)
+            self.write(batch.as_bytes(), self.settings.delivery.mail_timeout)
                 .await?;
             for i in 0..cmds.len() + usize::from(!chunking) {
                 let limit = if i == 0 {
-                    self.settings.mail_timeout
+                    self.settings.delivery.mail_timeout
                 } else {
-                    self.settings.rcpt_timeout
+                    self.settings.delivery.rcpt_timeout
                 };
                 replies.push(self.read_reply(limit).await?);
             }
         } else {
-            let r = self.command(&cmds[0], self.settings.mail_timeout).await?;
+            let r = self
+                .command(&cmds[0], self.settings.delivery.mail_timeout)
+                .await?;
             let mail_ok = r.is_positive();
             replies.push(r);
             if mail_ok {
                 for c in &cmds[1..] {
-                    replies.push(self.command(c, self.settings.rcpt_timeout).await?);
+                    replies.push(self.command(c, self.settings.delivery.rcpt_timeout).await?);
                 }
             }
         }
@@ -413,7 +421,7 @@ impl Client {
             None
         } else {
             Some(
-                self.command(&Command::Data, self.settings.data_timeout)
+                self.command(&Command::Data, self.settings.delivery.data_timeout)
                     .await?,
             )
         };
@@ -450,10 +458,13 @@ impl Client {
                 stuffer.encode(&chunk[..n], &mut wire);
             }
             let w = std::mem::take(&mut wire);
-            self.write(&w, self.settings.data_block_timeout).await?;
+            self.write(&w, self.settings.delivery.data_block_timeout)
+                .await?;
             wire = w;
             if chunking {
-                let r = self.read_reply(self.settings.data_block_timeout).await?;
+                let r = self
+                    .read_reply(self.settings.delivery.data_block_timeout)
+                    .await?;
                 if !r.is_positive() {
                     results.extend(accepted.iter().map(|&i| (i, self.outcome(&r))));
                     return Ok(results);
@@ -467,15 +478,20 @@ impl Client {
             stuffer.finish(&mut wire);
         }
         self.log("->", "<message content>", Some(&id));
-        self.write(&wire, self.settings.data_block_timeout).await?;
+        self.write(&wire, self.settings.delivery.data_block_timeout)
+            .await?;
         if self.lmtp {
             // RFC 2033: one reply per accepted recipient, in order.
             for &i in &accepted {
-                let r = self.read_reply(self.settings.data_done_timeout).await?;
+                let r = self
+                    .read_reply(self.settings.delivery.data_done_timeout)
+                    .await?;
                 results.push((i, self.outcome(&r)));
             }
         } else {
-            let r = self.read_reply(self.settings.data_done_timeout).await?;
+            let r = self
+                .read_reply(self.settings.delivery.data_done_timeout)
+                .await?;
             results.extend(accepted.iter().map(|&i| (i, self.outcome(&r))));
         }
         Ok(results)
@@ -485,9 +501,10 @@ impl Client {
     /// an empty message (RFC 2920 §3.1), or the server would take our RSET as text.
     async fn abort_data(&mut self, data_reply: Option<&Reply>) -> Result<(), SessionError> {
         if self.caps.pipelining && data_reply.is_some_and(|r| r.code() == 354) {
-            self.write(b".\r\n", self.settings.data_block_timeout)
+            self.write(b".\r\n", self.settings.delivery.data_block_timeout)
                 .await?;
-            self.read_reply(self.settings.data_done_timeout).await?;
+            self.read_reply(self.settings.delivery.data_done_timeout)
+                .await?;
         }
         Ok(())
     }
@@ -523,7 +540,7 @@ impl Client {
 
     pub async fn rset(&mut self) -> Result<(), SessionError> {
         let r = self
-            .command(&Command::Rset, self.settings.mail_timeout)
+            .command(&Command::Rset, self.settings.delivery.mail_timeout)
             .await?;
         if r.is_positive() {
             Ok(())

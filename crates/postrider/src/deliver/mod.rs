@@ -99,7 +99,7 @@ pub struct Deliverer {
     pub source_address: Option<IpAddr>,
     pub max_queue_time: std::time::Duration,
     pub counters: std::sync::Arc<crate::metrics::Counters>,
-    /// `[tls_policy]`: per destination domain, overriding `settings.tls`.
+    /// `[tls_policy]`: per destination domain, overriding `settings.delivery.tls`.
     pub tls_policy: config::RouteTable<config::TlsPolicy>,
 }
 
@@ -187,7 +187,7 @@ impl Deliverer {
                 Ok(dests) => {
                     let mut settings = self.settings.clone();
                     if let Some(p) = self.tls_policy.lookup(&attempt.domain_name) {
-                        settings.tls = *p;
+                        settings.delivery.tls = *p;
                     }
                     self.deliver(&dests, live, &settings, &mut results).await
                 }
@@ -234,7 +234,7 @@ impl Deliverer {
                 client::connect_tcp(
                     dest.socket_addr().expect("tcp destination has an address"),
                     self.source_address,
-                    settings.connect_timeout,
+                    settings.delivery.connect_timeout,
                 )
                 .await?,
             ),
