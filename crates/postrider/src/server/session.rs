@@ -547,6 +547,23 @@ impl Session {
         }
     }
 
+    /// Reads more message content (DATA or a BDAT chunk); a client that stalls past the
+    /// data timeout gets 421 and the session ends.
+    async fn fill_content<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        timeout: std::time::Duration,
+    ) -> Result<(), Next> {
+        match conn.fill(timeout).await {
+            Ok(_) => Ok(()),
+            Err(ReadError::Timeout) => {
+                self.push(conn, &reply(421, "4.4.2", "Error: timeout exceeded"));
+                Err(Next::Close)
+            }
+            Err(_) => Err(Next::Close),
+        }
+    }
+
     fn received_header(&self, txn: &Txn) -> String {
         let protocol = match (self.esmtp, self.tls.is_some()) {
             (true, true) => "ESMTPS",
@@ -608,13 +625,8 @@ impl Session {
             if let Some(end) = end {
                 break end;
             }
-            match conn.fill(data_timeout).await {
-                Ok(_) => {}
-                Err(ReadError::Timeout) => {
-                    self.push(conn, &reply(421, "4.4.2", "Error: timeout exceeded"));
-                    return Some(Next::Close);
-                }
-                Err(_) => return Some(Next::Close),
+            if let Err(next) = self.fill_content(conn, data_timeout).await {
+                return Some(next);
             }
         };
         let r = if decoder.exceeded() {
@@ -673,15 +685,10 @@ impl Session {
         let mut left = size;
         let data_timeout = self.cfg.smtp.data_timeout;
         while left > 0 {
-            if conn.inbuf.is_empty() {
-                match conn.fill(data_timeout).await {
-                    Ok(_) => {}
-                    Err(ReadError::Timeout) => {
-                        self.push(conn, &reply(421, "4.4.2", "Error: timeout exceeded"));
-                        return Some(Next::Close);
-                    }
-                    Err(_) => return Some(Next::Close),
-                }
+            if conn.inbuf.is_empty()
+                && let Err(next) = self.fill_content(conn, data_timeout).await
+            {
+                return Some(next);
             }
             let n = (left as usize).min(conn.inbuf.len());
             if ok.is_ok()
