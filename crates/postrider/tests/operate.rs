@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -141,21 +141,7 @@ fn sendmail_t_from_a_script() {
         "[routes]\n\"dst.test\" = \"[127.0.0.1]:{}\"\n",
         sink.port
     ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postrider"))
-        .args(["sendmail", "-t", "-i", "-f", "cron@src.test"])
-        .env("POSTRIDER_CONFIG", &d.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"To: ops@dst.test\nCc: two@dst.test\nBcc: hidden@dst.test\nSubject: nightly\n\nall good\n.\nstill body\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = d.sendmail(&["-t", "-i", "-f", "cron@src.test"], b"To: ops@dst.test\nCc: two@dst.test\nBcc: hidden@dst.test\nSubject: nightly\n\nall good\n.\nstill body\n");
     assert!(
         out.status.success(),
         "{}",
@@ -165,14 +151,10 @@ fn sendmail_t_from_a_script() {
         sink.messages().len() == 1
     });
     let rec = &sink.records()[0];
-    let mut rcpts: Vec<&str> = rec["rcpt_tos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap())
-        .collect();
-    rcpts.sort();
-    assert_eq!(rcpts, ["hidden@dst.test", "ops@dst.test", "two@dst.test"]);
+    assert_eq!(
+        Sink::rcpts(rec),
+        ["hidden@dst.test", "ops@dst.test", "two@dst.test"]
+    );
     assert_eq!(rec["mail_from"], "cron@src.test");
     let text = sink.message_text(rec["file"].as_str().unwrap());
     for h in ["Date: ", "Message-ID: <", "From: ", "Subject: nightly"] {
@@ -370,20 +352,10 @@ fn sendmail_with_the_daemon_down_uses_the_pickup_directory() {
         sink.port
     ));
     assert!(d.terminate(Duration::from_secs(30)).success());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postrider"))
-        .args(["sendmail", "-f", "cron@src.test", "ops@dst.test"])
-        .env("POSTRIDER_CONFIG", &d.config)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: while down\n\n.leading dot line\nbody\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = d.sendmail(
+        &["-f", "cron@src.test", "ops@dst.test"],
+        b"Subject: while down\n\n.leading dot line\nbody\n",
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -175,6 +175,27 @@ impl Daemon {
         });
     }
 
+    /// `postrider sendmail ARGS` as a script runs it (configuration from
+    /// `POSTRIDER_CONFIG`), with `stdin` as the message.
+    pub fn sendmail(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postrider"))
+            .arg("sendmail")
+            .args(args)
+            .env("POSTRIDER_CONFIG", &self.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run postrider sendmail");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write the message");
+        child.wait_with_output().expect("sendmail exit")
+    }
+
     /// `postrider ARGS -c CONFIG`, returning its output.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_postrider"))
@@ -303,6 +324,20 @@ impl Sink {
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// A record's recipients, sorted.
+    pub fn rcpts(rec: &serde_json::Value) -> Vec<String> {
+        let mut v: Vec<String> = rec["rcpt_tos"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// The sink's counters (open, max_open, connections, domain_max).
