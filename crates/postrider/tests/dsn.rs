@@ -44,6 +44,18 @@ fn routes(dst: u16, src: u16) -> String {
     )
 }
 
+/// A receiving sink for dst.test answering with `dst_args`, a sink for the senders'
+/// domain src.test where DSNs arrive, and the daemon routing to both.
+fn senders_and_receivers(dst_args: &[&str]) -> (Sink, Sink, Daemon) {
+    let dst = Sink::start(dst_args);
+    let src = Sink::start(&[]);
+    let d = Daemon::start(&format!(
+        "{}[delivery]\nbackoff = [\"1h\"]\n",
+        routes(dst.port, src.port)
+    ));
+    (dst, src, d)
+}
+
 fn recipient<'a>(dsn: &'a Value, addr: &str) -> &'a Value {
     dsn["recipients"]
         .as_array()
@@ -55,12 +67,7 @@ fn recipient<'a>(dsn: &'a Value, addr: &str) -> &'a Value {
 
 #[test]
 fn rcpt_rejections_make_one_dsn_with_every_field() {
-    let dst = Sink::start(&["--rcpt-reply", "bad=550 5.1.1 no such user"]);
-    let src = Sink::start(&[]);
-    let d = Daemon::start(&format!(
-        "{}[delivery]\nbackoff = [\"1h\"]\n",
-        routes(dst.port, src.port)
-    ));
+    let (dst, src, d) = senders_and_receivers(&["--rcpt-reply", "bad=550 5.1.1 no such user"]);
     submit(
         &d,
         "<sender@src.test> RET=HDRS ENVID=QQ314159",
@@ -122,12 +129,7 @@ fn rcpt_rejections_make_one_dsn_with_every_field() {
 
 #[test]
 fn data_rejection_returns_the_full_message_with_ret_full() {
-    let dst = Sink::start(&["--data-reply", "554 5.7.1 content rejected"]);
-    let src = Sink::start(&[]);
-    let d = Daemon::start(&format!(
-        "{}[delivery]\nbackoff = [\"1h\"]\n",
-        routes(dst.port, src.port)
-    ));
+    let (_dst, src, d) = senders_and_receivers(&["--data-reply", "554 5.7.1 content rejected"]);
     submit(
         &d,
         "<sender@src.test> RET=FULL",
@@ -238,12 +240,7 @@ fn expiry_and_a_single_delay_notice() {
 
 #[test]
 fn notify_never_and_success_reports() {
-    let dst = Sink::start(&["--rcpt-reply", "bad=550 5.1.1 no such user"]);
-    let src = Sink::start(&[]);
-    let d = Daemon::start(&format!(
-        "{}[delivery]\nbackoff = [\"1h\"]\n",
-        routes(dst.port, src.port)
-    ));
+    let (_dst, src, d) = senders_and_receivers(&["--rcpt-reply", "bad=550 5.1.1 no such user"]);
     submit(
         &d,
         "<sender@src.test>",
