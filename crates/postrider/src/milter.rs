@@ -179,7 +179,8 @@ pub struct Milters {
     ctx: Context,
 }
 
-fn strip_brackets(a: &str) -> String {
+/// An address as milters give it (`<a@b>` or `a@b`), without the brackets.
+pub fn strip(a: &str) -> String {
     let a = a.trim();
     let a = a.strip_prefix('<').unwrap_or(a);
     a.strip_suffix('>').unwrap_or(a).to_string()
@@ -641,10 +642,6 @@ pub fn apply_headers(head: &[u8], changes: &[HeaderChange]) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
-}
-
-pub fn strip(a: &str) -> String {
-    strip_brackets(a)
 }
 
 #[cfg(test)]
