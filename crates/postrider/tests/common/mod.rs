@@ -3,6 +3,8 @@
 //! conditions with deadlines instead of sleeping.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod users;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
