@@ -6,6 +6,8 @@
     bench/bench.py connection  # 10,000 queued messages drained over one connection
     bench/bench.py milter      # with and without an opendkim milter
     bench/bench.py all
+    POSTRIDER_BASE=/path/to/older/postrider bench/bench.py relay-ab
+                             # this build against an older binary, relaying, A B A B
 
 Needs root (perf counts fsync system-wide), Postfix (smtp-source, smtp-sink, postfix) and a
 release build (`cargo build --release -p postrider`, done here). Writes a markdown table to
@@ -89,7 +91,7 @@ class Sink:
 
 
 class Postrider:
-    def __init__(self, extra=""):
+    def __init__(self, extra="", binary=None):
         self.dir = tempfile.mkdtemp(prefix="pr-bench-")
         self.port = free_port()
         cfg = os.path.join(self.dir, "postrider.toml")
@@ -97,12 +99,18 @@ class Postrider:
             f.write(f'hostname = "bench.postrider.test"\nspool = "{self.dir}/spool"\n'
                     f'[log]\nlevel = "warn"\n{extra}\n'
                     f'[smtp]\nlisten = ["127.0.0.1:{self.port}"]\nmax_connections_per_client = 1000\n')
-        self.proc = subprocess.Popen([BIN, "serve", "-c", cfg], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([binary or BIN, "serve", "-c", cfg], stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(self.dir, "log"), "w"))
         wait_port(self.port)
 
     def pids(self):
         return [self.proc.pid]
+
+    def cpu_seconds(self):
+        """User plus system CPU time of the daemon so far (it is one process)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -224,6 +232,40 @@ def relay_case(mta_factory, sink, n, conc, size):
         return {"rate": n / t if ok else 0.0, "rss_mb": rss / 1024, "complete": ok}
     finally:
         mta.stop()
+
+
+def relay_ab(base_bin, rounds=3):
+    """This build (B) against an older binary (A) on the same relay load, interleaved
+    A B A B, each on a fresh daemon: messages per second and CPU milliseconds per message."""
+    sink = Sink()
+    print("## Relaying, this build against an older one (A B A B, fresh daemon each run)\n")
+    print("| size | conc | msgs | A msg/s (median) | B msg/s (median) | B/A | A CPU ms/msg | B CPU ms/msg |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size, conc, n in ((1024, 10, 10000), (1024, 50, 10000), (32768, 10, 4000)):
+        res = {"A": [], "B": []}
+        for _ in range(rounds):
+            for name, binary in (("A", base_bin), ("B", BIN)):
+                mta = Postrider(f'[routes]\n"*" = "[127.0.0.1]:{sink.port}"\n', binary)
+                try:
+                    base = sink.count
+                    subprocess.run(source(mta.port, 20, 2, size), check=True)
+                    sink.wait(base + 20)
+                    base = sink.count
+                    cpu0 = mta.cpu_seconds()
+                    start = time.time()
+                    subprocess.run(source(mta.port, n, conc, size), check=True)
+                    ok = sink.wait(base + n)
+                    t = time.time() - start
+                    cpu = mta.cpu_seconds() - cpu0
+                    res[name].append((n / t if ok else 0.0, cpu * 1000 / n))
+                finally:
+                    mta.stop()
+        med = {k: (sorted(r for r, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2])
+               for k, v in res.items()}
+        a, b = med["A"], med["B"]
+        print(f"| {size} | {conc} | {n} | {a[0]:.0f} | {b[0]:.0f} | {b[0] / max(a[0], 1e-9):.2f} | "
+              f"{a[1]:.3f} | {b[1]:.3f} |", flush=True)
+    sink.stop()
 
 
 def domains_case(mta_factory, sink, n, conc, size, domains=100):
@@ -375,6 +417,12 @@ def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "postrider"], cwd=ROOT, check=True)
     rows = []
+    if what == "relay-ab":
+        base_bin = os.environ.get("POSTRIDER_BASE")
+        if not base_bin or not os.access(base_bin, os.X_OK):
+            sys.exit("relay-ab: set POSTRIDER_BASE to an older postrider binary")
+        relay_ab(base_bin)
+        return
     if what in ("receive", "all"):
         sink = Sink()
         print("## Receiving (smtp-source -> MTA)\n")
