@@ -64,7 +64,7 @@ pub struct Smtp {
     pub tls_key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Local {
     pub domains: Vec<String>,
     pub lmtp: Option<LmtpTarget>,
@@ -72,6 +72,26 @@ pub struct Local {
     /// Known local users; empty with no `users_file` means "accept any local part".
     pub users: Vec<String>,
     pub users_file: Option<PathBuf>,
+    /// Local users whose `sendmail -f` sets the envelope sender (the daemon's own user is
+    /// always trusted); everyone else's mail is from `user@hostname`.
+    pub trusted_users: Vec<String>,
+    /// Local submissions (sendmail, pickup) each untrusted uid may make per minute; 0 is
+    /// unlimited.
+    pub max_submissions_per_minute: usize,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Local {
+            domains: Vec::new(),
+            lmtp: None,
+            aliases: None,
+            users: Vec::new(),
+            users_file: None,
+            trusted_users: vec!["root".into()],
+            max_submissions_per_minute: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -405,7 +425,15 @@ const SMTP: &[&str] = &[
     "tls_cert",
     "tls_key",
 ];
-const LOCAL: &[&str] = &["domains", "lmtp", "aliases", "users", "users_file"];
+const LOCAL: &[&str] = &[
+    "domains",
+    "lmtp",
+    "aliases",
+    "users",
+    "users_file",
+    "trusted_users",
+    "max_submissions_per_minute",
+];
 const DNS: &[&str] = &["nameservers", "timeout", "attempts"];
 const DELIVERY: &[&str] = &[
     "enabled",
@@ -798,6 +826,10 @@ impl Walker<'_> {
                 "aliases" => l.aliases = self.path(v, key),
                 "users" => set(&mut l.users, self.strings(v, key)),
                 "users_file" => l.users_file = self.path(v, key),
+                "trusted_users" => set(&mut l.trusted_users, self.strings(v, key)),
+                "max_submissions_per_minute" => {
+                    set(&mut l.max_submissions_per_minute, self.usize(v, key, 0))
+                }
                 _ => {}
             }
         }

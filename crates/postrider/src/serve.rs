@@ -115,11 +115,21 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     ));
     // Ports are bound and the spool is open: from here on root is not needed.
     drop_privileges(&cfg)?;
+    let local = Arc::new(
+        crate::local::Policy::new(&cfg, nix::unistd::geteuid().as_raw())
+            .map_err(anyhow::Error::msg)?,
+    );
     let pickup = tokio::spawn(crate::pickup::run(
         spool.clone(),
         queue.clone(),
-        cfg.hostname.clone(),
-        cfg.smtp.max_message_size,
+        local.clone(),
+        shutdown.clone(),
+    ));
+    let submit = tokio::spawn(crate::submit::serve(
+        crate::submit::socket_path(&cfg.spool),
+        spool.clone(),
+        queue.clone(),
+        local,
         shutdown.clone(),
     ));
     let mut accepts = Vec::new();
@@ -150,6 +160,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     }
     let _ = control.await;
     let _ = pickup.await;
+    let _ = submit.await;
     if let Some(m) = metrics {
         let _ = m.await;
     }
