@@ -185,6 +185,10 @@ fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("user: there is no user '{name}'"))?;
     fn walk(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path)) {
         f(dir);
+        // pickup/ holds local users' files: their owner is who submitted them.
+        if dir.file_name().is_some_and(|n| n == "pickup") {
+            return;
+        }
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
                 let p = e.path();
