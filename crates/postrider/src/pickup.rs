@@ -435,6 +435,111 @@ mod tests {
         assert!(parse(b"a@b\nx@z").is_err(), "no end of envelope");
     }
 
+    fn policy(max_size: u64) -> Policy {
+        let mut cfg = config::Config::default();
+        cfg.smtp.max_message_size = max_size;
+        cfg.smtp.max_recipients = 2;
+        Policy::new(&cfg, nix::unistd::geteuid().as_raw()).unwrap()
+    }
+
+    fn refused(e: Entry) -> (String, bool) {
+        match e {
+            Entry::Refused { what, set_aside } => (what, set_aside),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_single_link_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(100);
+        let at = |n: &str| dir.path().join(n);
+        std::fs::write(at("ok"), b"a@b.test\nx@y.test\n\nbody").unwrap();
+        match read_entry(&at("ok"), &p) {
+            Entry::File { uid, data, .. } => {
+                assert_eq!(uid, nix::unistd::geteuid().as_raw());
+                assert_eq!(data, b"a@b.test\nx@y.test\n\nbody");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A FIFO with no writer would block a plain open forever.
+        nix::unistd::mkfifo(&at("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(
+            refused(read_entry(&at("fifo"), &p)),
+            ("a FIFO".into(), false)
+        );
+        std::os::unix::fs::symlink("/dev/zero", at("zero")).unwrap();
+        std::os::unix::fs::symlink(at("ok"), at("link")).unwrap();
+        for l in ["zero", "link"] {
+            assert_eq!(refused(read_entry(&at(l), &p)).0, "a symbolic link", "{l}");
+        }
+        std::fs::hard_link(at("ok"), at("hard")).unwrap();
+        assert!(
+            refused(read_entry(&at("hard"), &p))
+                .0
+                .contains("2 hard links")
+        );
+        std::fs::remove_file(at("hard")).unwrap();
+        std::fs::create_dir(at("dir")).unwrap();
+        assert_eq!(refused(read_entry(&at("dir"), &p)).0, "a directory");
+        let limit = p.read_limit();
+        std::fs::write(at("big"), vec![b'x'; limit as usize + 1]).unwrap();
+        let (what, set_aside) = refused(read_entry(&at("big"), &p));
+        assert!(what.contains("over the size limit") && set_aside, "{what}");
+        std::fs::write(at("max"), vec![b'x'; limit as usize]).unwrap();
+        assert!(matches!(read_entry(&at("max"), &p), Entry::File { .. }));
+        assert!(matches!(read_entry(&at("gone"), &p), Entry::Retry(_)));
+    }
+
+    #[test]
+    fn put_away_removes_links_not_their_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        put_away(&link, false);
+        assert!(std::fs::symlink_metadata(&link).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        put_away(&sub, false);
+        assert!(
+            dir.path().join("sub.bad").is_dir(),
+            "a directory is set aside"
+        );
+        put_away(&target, true);
+        assert_eq!(
+            std::fs::read(dir.path().join("target.bad")).unwrap(),
+            b"keep"
+        );
+    }
+
+    #[test]
+    fn written_files_are_complete_and_unpredictably_named() {
+        let spool = tempfile::tempdir().unwrap();
+        let a = write(spool.path(), "a@b.test", &["x@y.test".into()], b"m\r\n").unwrap();
+        let b = write(spool.path(), "", &["x@y.test".into()], b"m\r\n").unwrap();
+        assert_ne!(a, b);
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name.rsplit('.').next().unwrap().len(), 32, "{name}");
+        let data = std::fs::read(&a).unwrap();
+        assert_eq!(
+            parse(&data).unwrap(),
+            ("a@b.test".into(), vec!["x@y.test".into()], &b"m\r\n"[..])
+        );
+        let mode = std::fs::metadata(dir(spool.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o1733);
+        let names: Vec<_> = std::fs::read_dir(dir(spool.path()))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(names.len(), 2, "no tmp. files left");
+    }
+
     proptest::proptest! {
         #[test]
         fn parse_never_panics_and_checks_addresses(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {

@@ -508,6 +508,27 @@ mod tests {
     }
 
     #[test]
+    fn arguments_with_line_breaks_are_refused() {
+        let ok = parse_args(&s(&["-f", "<a@b.test>", "-F", "A B", "x@y.test"])).unwrap();
+        assert!(check_arguments(&ok).is_ok());
+        for (args, names) in [
+            (
+                &["-f", "a@b.test\r\nRCPT TO:<v@w.test>", "x@y.test"][..],
+                "-f",
+            ),
+            (&["-fa@b.test\n", "x@y.test"], "-f"),
+            (&["-F", "Me\r\nBcc: v@w.test", "x@y.test"], "-F"),
+            (&["x@y.test\nv@w.test"], "recipient"),
+            (&["x@y.test\0"], "recipient"),
+            (&["x y@z.test"], "recipient"),
+        ] {
+            let o = parse_args(&s(args)).unwrap();
+            let e = check_arguments(&o).unwrap_err();
+            assert!(e.contains(names), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn dots_and_line_ends() {
         let mut input: &[u8] = b"Subject: x\n\nline\n.\nafter\n";
         assert_eq!(
