@@ -1190,6 +1190,34 @@ metrics = "127.0.0.1:9525"
     }
 
     #[test]
+    fn local_submission_keys() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.local.trusted_users, ["root"]);
+        assert_eq!(c.local.max_submissions_per_minute, 60);
+        let c = Config::parse(
+            "[local]\ntrusted_users = [\"root\", \"list\"]\nmax_submissions_per_minute = 0\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.local.trusted_users, ["root", "list"]);
+        assert_eq!(c.local.max_submissions_per_minute, 0);
+        let errs = Config::parse(
+            "[local]\ntrusted_users = \"root\"\nmax_submissions_per_minute = -1\n",
+            "l.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errs.contains("l.toml:2:") && errs.contains("local.trusted_users"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("l.toml:3:") && errs.contains("local.max_submissions_per_minute"),
+            "{errs}"
+        );
+    }
+
+    #[test]
     fn example_file_is_valid() {
         let text = include_str!("../postrider.example.toml");
         Config::parse(text, "postrider.example.toml").unwrap_or_else(|e| panic!("{e}"));
