@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::libc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::local::Policy;
 use crate::queue::manager::QueueHandle;
@@ -348,7 +348,7 @@ async fn take(
         .await
     {
         Ok(id) => {
-            info!(queue_id = %id, "pickup {name}: taken");
+            debug!(queue_id = %id, "pickup {name}: taken");
             // A crash before this unlink delivers the message twice, never zero times.
             let _ = std::fs::remove_file(path);
             Outcome::Taken

@@ -270,13 +270,27 @@ fn reload(path: Option<&std::path::Path>, running: &Config, ctx: &Ctx) {
     }
 }
 
+/// What `local::Policy` is built from (once, at start).
+fn local_submission(c: &Config) -> impl std::fmt::Debug + '_ {
+    (
+        &c.local.trusted_users,
+        c.local.max_submissions_per_minute,
+        c.smtp.max_recipients,
+        c.smtp.max_message_size,
+        &c.smtp.relay_networks,
+        &c.smtp.relay_domains,
+        &c.local.domains,
+        &c.hostname,
+    )
+}
+
 /// The settings that differ between two configurations but were fixed at start.
 fn fixed_at_start(new: &Config, running: &Config) -> Vec<&'static str> {
     fn differ(a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug) -> bool {
         format!("{a:?}") != format!("{b:?}")
     }
     let (n, r) = (new, running);
-    let checks: [(&'static str, bool); 13] = [
+    let checks: [(&'static str, bool); 14] = [
         ("smtp.listen", differ(&n.smtp.listen, &r.smtp.listen)),
         (
             "smtp.max_connections",
@@ -316,6 +330,11 @@ fn fixed_at_start(new: &Config, running: &Config) -> Vec<&'static str> {
                 &(&n.local.domains, &n.local.lmtp),
                 &(&r.local.domains, &r.local.lmtp),
             ),
+        ),
+        (
+            "local submission (local.trusted_users, local.max_submissions_per_minute and the \
+             smtp limits and relay settings sendmail and pickup use)",
+            differ(&local_submission(n), &local_submission(r)),
         ),
     ];
     checks

@@ -7,9 +7,10 @@
 //! message) and shuts down its writing side; the daemon answers with one SMTP-style reply
 //! line (`250 2.0.0 Ok: queued as ID` once the message is durable) and closes.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +25,11 @@ use crate::queue::manager::QueueHandle;
 
 /// Submissions read at once: each is held in memory up to the size limit.
 const CONCURRENT: usize = 8;
+/// Connections one uid may hold open (reading or waiting for a slot), so one user cannot
+/// take every slot from the others; more get 451 and `sendmail` uses the pickup directory.
+const PER_UID: usize = 2;
+/// Connections in all, so idle connections cannot pile up tasks without bound.
+const MAX_OPEN: usize = 256;
 /// A client that sends nothing for this long is dropped.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -58,6 +64,7 @@ pub async fn serve(
     }
     info!("local submission on {}", path.display());
     let slots = Arc::new(Semaphore::new(CONCURRENT));
+    let open = Arc::new(Mutex::new(HashMap::<u32, usize>::new()));
     let tasks = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -71,14 +78,31 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let uid = match stream.peer_cred() {
+            Ok(c) => c.uid(),
+            Err(e) => {
+                warn!("local submission: cannot tell who connected: {e}");
+                continue;
+            }
+        };
+        let Some(guard) = OpenGuard::take(&open, uid) else {
+            tasks.spawn(async move {
+                let r = refusal(451, "4.7.0", "too many open local submissions; try later");
+                info!(uid, "local submission refused: {r}");
+                let mut stream = stream;
+                let _ = stream.write_all(format!("{r}\r\n").as_bytes()).await;
+            });
+            continue;
+        };
         let (spool, queue, policy, slots) =
             (spool.clone(), queue.clone(), policy.clone(), slots.clone());
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let _guard = guard;
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            handle(stream, &spool, &queue, &policy, &shutdown).await;
+            handle(stream, uid, &spool, &queue, &policy, &shutdown).await;
         });
     }
     drop(listener);
@@ -92,20 +116,48 @@ pub async fn serve(
     }
 }
 
+/// One open connection counted against its uid (and the total) until dropped.
+struct OpenGuard {
+    open: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl OpenGuard {
+    fn take(open: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<OpenGuard> {
+        let mut m = open.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = m.values().sum();
+        let mine = m.entry(uid).or_default();
+        if *mine >= PER_UID || total >= MAX_OPEN {
+            return None;
+        }
+        *mine += 1;
+        Some(OpenGuard {
+            open: open.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut m = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.uid);
+            }
+        }
+    }
+}
+
 async fn handle(
     mut stream: UnixStream,
+    uid: u32,
     spool: &spool::Spool,
     queue: &QueueHandle,
     policy: &Arc<Policy>,
     shutdown: &CancellationToken,
 ) {
-    let uid = match stream.peer_cred() {
-        Ok(c) => c.uid(),
-        Err(e) => {
-            warn!("local submission: cannot tell who connected: {e}");
-            return;
-        }
-    };
     let reply = match receive(&mut stream, uid, spool, queue, policy, shutdown).await {
         Ok(id) => format!("250 2.0.0 Ok: queued as {id}\r\n"),
         Err(r) => {

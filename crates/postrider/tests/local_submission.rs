@@ -527,3 +527,53 @@ fn sendmail_as_a_local_user_with_the_daemon_up_and_down() {
     assert!(w.delivered("INJECTED").is_empty());
     assert_eq!(w.sink.records().len(), 2, "each message delivered once");
 }
+
+#[test]
+fn idle_socket_connections_do_not_lock_out_other_users() {
+    let w = World::start("", "");
+    // The local user holds connections to the socket open and sends nothing.
+    let hold = format!(
+        "import socket, sys, time\n\
+         conns = [socket.socket(socket.AF_UNIX) for _ in range(12)]\n\
+         for c in conns: c.connect('{}')\n\
+         print('held', flush=True)\n\
+         time.sleep(600)\n",
+        w.spool().join("submit.sock").display()
+    );
+    let mut holder = users::command_as(LOCAL_USER, common::PYTHON)
+        .arg("-c")
+        .arg(&hold)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _holder = Proc(holder);
+    assert_eq!(line.trim(), "held");
+    // Another user's mail goes straight in over the socket.
+    let start = Instant::now();
+    let out = w.sendmail_as(OTHER_USER, &["x@dst.test"], b"Subject: s\n\nOTHER-5501\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("pickup"), "{}", text(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // The holder's own sendmail is told to wait and leaves the mail in pickup/, taken at the
+    // next scan: no loss, no hang.
+    let out = w.sendmail_as(LOCAL_USER, &["x@dst.test"], b"Subject: s\n\nHOLDER-5502\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("too many open local submissions"),
+        "{}",
+        text(&out)
+    );
+    wait_for("both messages", Duration::from_secs(15), || {
+        w.delivered("OTHER-5501").len() == 1 && w.delivered("HOLDER-5502").len() == 1
+    });
+    assert!(answers_within_1s(w.d.port));
+}
