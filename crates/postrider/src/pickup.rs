@@ -35,7 +35,10 @@ pub fn dir(spool: &Path) -> PathBuf {
 pub fn create_dir(spool: &Path) -> std::io::Result<PathBuf> {
     let d = dir(spool);
     std::fs::create_dir_all(&d)?;
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1733))?;
+    // Only when needed: the daemon may not own a directory prepared for it by root.
+    if std::fs::metadata(&d)?.permissions().mode() & 0o7777 != 0o1733 {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1733))?;
+    }
     Ok(d)
 }
 
@@ -84,6 +87,8 @@ pub fn write(spool: &Path, sender: &str, rcpts: &[String], msg: &[u8]) -> std::i
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     let written = (|| {
+        // Readable by the daemon whatever the caller's umask; the name keeps it private.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         let mut head = format!("{sender}\n");
         for r in rcpts {
             head.push_str(r);

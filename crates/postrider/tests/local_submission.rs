@@ -87,8 +87,10 @@ impl World {
     /// `sendmail ARGS` run by `user` as a script of theirs would, the message on stdin.
     fn sendmail_as(&self, user: &str, args: &[&str], stdin: &[u8]) -> Output {
         use std::io::Write;
-        let mut child = users::command_as(user, env!("CARGO_BIN_EXE_postrider"))
-            .arg("sendmail")
+        // A careful user's umask: sendmail's files must still be readable by the daemon.
+        let mut child = users::command_as(user, "/bin/sh")
+            .args(["-c", "umask 077; exec \"$0\" sendmail \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_postrider"))
             .args(args)
             .env("POSTRIDER_CONFIG", self.config())
             .stdin(Stdio::piped())
