@@ -207,12 +207,17 @@ fn hostile_pickup_entries_neither_stall_the_daemon_nor_leak_files() {
 
     // A FIFO whose writer never closes, and one feeding 150 MB (a parseable envelope then
     // zeros), planted while the daemon runs.
-    let out = w.sh_as(LOCAL_USER, "mkfifo stuck flood");
-    assert!(out.status.success(), "{}", text(&out));
-    let _stuck = w.sh_as_background(LOCAL_USER, "exec 3>stuck; exec sleep 600");
+    // Each FIFO gets its writer (opened read-write, so the open does not wait for a reader)
+    // under a tmp. name pickup ignores, and only then its real name.
+    let _stuck = w.sh_as_background(
+        LOCAL_USER,
+        "mkfifo tmp.stuck && exec 3<>tmp.stuck && mv tmp.stuck stuck && exec sleep 600",
+    );
     let _flood = w.sh_as_background(
         LOCAL_USER,
-        "{ printf '\\nx@dst.test\\n\\nSubject: flood\\r\\n\\r\\nFLOOD-7734'; head -c 150000000 /dev/zero; } > flood",
+        "mkfifo tmp.flood && exec 3<>tmp.flood && mv tmp.flood flood && \
+         { printf '\\nx@dst.test\\n\\nSubject: flood\\r\\n\\r\\nFLOOD-7734'; \
+           exec head -c 150000000 /dev/zero; } >&3",
     );
     let script = format!(
         "ln -s /dev/zero zero && ln -s {} root && ln -s {} daemon && mkdir adir && \
@@ -228,23 +233,7 @@ fn hostile_pickup_entries_neither_stall_the_daemon_nor_leak_files() {
         assert!(text(&out).contains("hardlink"), "{}", text(&out));
         std::fs::hard_link(&others, w.pickup().join("hardlink")).unwrap();
     }
-    keeps_answering(w.d.port, Duration::from_secs(3));
-    // Every entry is dealt with: logged once, and gone (or set aside as .bad).
-    wait_for(
-        "the hostile entries to be put away",
-        Duration::from_secs(15),
-        || {
-            let names = w.pickup_names();
-            [
-                "stuck", "flood", "zero", "root", "daemon", "hardlink", "adir",
-            ]
-            .iter()
-            .all(|n| !names.contains(&n.to_string()))
-        },
-    );
-    keeps_answering(w.d.port, Duration::from_secs(2));
-    let log = w.d.log();
-    for (name, what) in [
+    let entries = [
         ("stuck", "a FIFO"),
         ("flood", "a FIFO"),
         ("zero", "a symbolic link"),
@@ -252,12 +241,35 @@ fn hostile_pickup_entries_neither_stall_the_daemon_nor_leak_files() {
         ("daemon", "a symbolic link"),
         ("hardlink", "2 hard links"),
         ("adir", "a directory"),
-    ] {
-        let lines: Vec<&str> = log
+    ];
+    let refusals = |name: &str| -> Vec<String> {
+        w.d.log()
             .lines()
             .filter(|l| l.contains(&format!("pickup/{name}:")) && l.contains("refused"))
-            .collect();
-        assert_eq!(lines.len(), 1, "{name} logged once as {what}:\n{log}");
+            .map(str::to_owned)
+            .collect()
+    };
+    keeps_answering(w.d.port, Duration::from_secs(3));
+    // Every entry is dealt with: logged, and gone (or set aside as .bad).
+    wait_for(
+        "the hostile entries to be put away",
+        Duration::from_secs(15),
+        || {
+            let names = w.pickup_names();
+            entries
+                .iter()
+                .all(|(n, _)| !refusals(n).is_empty() && !names.contains(&n.to_string()))
+        },
+    );
+    keeps_answering(w.d.port, Duration::from_secs(2));
+    for (name, what) in entries {
+        let lines = refusals(name);
+        assert_eq!(
+            lines.len(),
+            1,
+            "{name} logged once as {what}:\n{}",
+            w.d.log()
+        );
         assert!(lines[0].contains(what), "{name}: {}", lines[0]);
     }
     // The link targets are untouched and the other user's file still theirs alone.
