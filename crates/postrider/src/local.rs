@@ -5,7 +5,7 @@
 //! policy, then queue the message the same way.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use config::Config;
@@ -60,8 +60,8 @@ pub struct Accepted {
     pub recipients: Vec<String>,
 }
 
-/// The local-submission policy, built once at start (after the privilege drop, so the
-/// daemon's own uid is the one it runs as).
+/// The local-submission policy for one configuration, built after the privilege drop (so
+/// the daemon's own uid is the one it runs as).
 pub struct Policy {
     hostname: String,
     trusted: HashSet<u32>,
@@ -73,15 +73,23 @@ pub struct Policy {
     relay_anywhere: bool,
     local_domains: Vec<String>,
     relay_domains: Vec<String>,
-    recent: Mutex<HashMap<u32, VecDeque<Instant>>>,
+    recent: Recent,
 }
+
+/// Each uid's recent submission times, kept across configuration reloads.
+type Recent = Arc<Mutex<HashMap<u32, VecDeque<Instant>>>>;
 
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Policy {
     /// `own_uid` is the daemon's uid (always trusted). An unknown name in
     /// `local.trusted_users` is an error rather than silently trusting nobody.
+    #[cfg(test)]
     pub fn new(cfg: &Config, own_uid: u32) -> Result<Self, String> {
+        Self::with_rate(cfg, own_uid, Recent::default())
+    }
+
+    fn with_rate(cfg: &Config, own_uid: u32, recent: Recent) -> Result<Self, String> {
         let mut trusted = HashSet::from([0, own_uid]);
         for name in &cfg.local.trusted_users {
             match nix::unistd::User::from_name(name) {
@@ -102,7 +110,7 @@ impl Policy {
             relay_anywhere: cfg.smtp.relay_networks.iter().any(|n| n.contains(loopback)),
             local_domains: cfg.local.domains.clone(),
             relay_domains: cfg.smtp.relay_domains.clone(),
-            recent: Mutex::new(HashMap::new()),
+            recent,
         })
     }
 
@@ -297,6 +305,46 @@ impl Policy {
         info!(queue_id = %id, from = %accepted.sender, size, nrcpt = accepted.recipients.len(), uid, via, "received by local submission");
         queue.arrived(env, mref, size).await;
         Ok(id)
+    }
+}
+
+/// The policy for the configuration new SMTP sessions use: rebuilt when SIGHUP replaces
+/// it, so local submissions follow the same limits and relay settings as SMTP clients.
+pub struct Policies {
+    ctx: Arc<crate::server::Ctx>,
+    own_uid: u32,
+    recent: Recent,
+    cached: Mutex<(Arc<Config>, Arc<Policy>)>,
+}
+
+impl Policies {
+    /// Fails (so the daemon does not start) on a `local.trusted_users` name with no user.
+    pub fn new(ctx: Arc<crate::server::Ctx>, own_uid: u32) -> Result<Self, String> {
+        let cfg = ctx.config();
+        let recent = Recent::default();
+        let policy = Arc::new(Policy::with_rate(&cfg, own_uid, recent.clone())?);
+        Ok(Policies {
+            ctx,
+            own_uid,
+            recent,
+            cached: Mutex::new((cfg, policy)),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        let cfg = self.ctx.config();
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&cached.0, &cfg) {
+            match Policy::with_rate(&cfg, self.own_uid, self.recent.clone()) {
+                Ok(p) => *cached = (cfg, Arc::new(p)),
+                Err(e) => {
+                    // Keep the running policy rather than trust nobody or everybody.
+                    tracing::warn!("SIGHUP: {e}; local submissions keep the previous settings");
+                    cached.0 = cfg;
+                }
+            }
+        }
+        cached.1.clone()
     }
 }
 

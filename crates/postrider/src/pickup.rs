@@ -24,7 +24,7 @@ use nix::libc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::local::Policy;
+use crate::local::{Policies, Policy};
 use crate::queue::manager::QueueHandle;
 
 pub fn dir(spool: &Path) -> PathBuf {
@@ -303,7 +303,7 @@ async fn take(
     path: &Path,
     spool: &spool::Spool,
     queue: &QueueHandle,
-    policy: &Arc<Policy>,
+    policy: Arc<Policy>,
 ) -> Outcome {
     let name = path.display().to_string();
     let (p, pol) = (path.to_path_buf(), policy.clone());
@@ -367,7 +367,7 @@ async fn take(
 pub async fn run(
     spool: spool::Spool,
     queue: QueueHandle,
-    policy: Arc<Policy>,
+    policies: Arc<Policies>,
     shutdown: CancellationToken,
 ) {
     let d = match create_dir(spool.dir()) {
@@ -405,7 +405,7 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 return;
             }
-            match take(&p, &spool, &queue, &policy).await {
+            match take(&p, &spool, &queue, policies.current()).await {
                 Outcome::Waiting(why) => {
                     if waiting.insert(p.clone()) {
                         info!("pickup {}: waiting: {why}", p.display());

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::local::{Policy, Refusal};
+use crate::local::{Policies, Policy, Refusal};
 use crate::queue::manager::QueueHandle;
 
 /// Submissions read at once: each is held in memory up to the size limit.
@@ -44,7 +44,7 @@ pub async fn serve(
     path: PathBuf,
     spool: spool::Spool,
     queue: QueueHandle,
-    policy: Arc<Policy>,
+    policies: Arc<Policies>,
     shutdown: CancellationToken,
 ) {
     let _ = std::fs::remove_file(&path);
@@ -94,8 +94,12 @@ pub async fn serve(
             });
             continue;
         };
-        let (spool, queue, policy, slots) =
-            (spool.clone(), queue.clone(), policy.clone(), slots.clone());
+        let (spool, queue, policy, slots) = (
+            spool.clone(),
+            queue.clone(),
+            policies.current(),
+            slots.clone(),
+        );
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _guard = guard;

@@ -453,6 +453,31 @@ fn a_flood_is_held_to_the_per_user_rate() {
         .filter(|l| l.contains("pickup") && l.contains("waiting:"))
         .count();
     assert_eq!(waiting, 4, "{log}");
+    // SIGHUP raises the limit to 6: three more go out, and the minute's count carries over,
+    // so the fourth still waits.
+    let cfg = std::fs::read_to_string(&w.d.config).unwrap();
+    let cfg = cfg.replace(
+        "max_submissions_per_minute = 3",
+        "max_submissions_per_minute = 6",
+    );
+    std::fs::write(&w.d.config, cfg).unwrap();
+    let pid = w.d.child.as_ref().unwrap().id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("three more of the flood", Duration::from_secs(15), || {
+        w.delivered("FLOOD-").len() == 6
+    });
+    let scans = Instant::now();
+    wait_for("two more pickup scans", Duration::from_secs(5), || {
+        scans.elapsed() > Duration::from_millis(2500)
+    });
+    assert_eq!(w.delivered("FLOOD-").len(), 6);
+    assert_eq!(w.pickup_names().len(), 1, "{:?}", w.pickup_names());
 }
 
 #[test]
