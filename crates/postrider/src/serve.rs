@@ -233,9 +233,10 @@ async fn wait_for_signal(on_hup: impl Fn()) {
 
 /// SIGHUP: re-reads the configuration. New SMTP sessions use it (relay networks and domains,
 /// size and recipient limits, timeouts, banner, milters, hop limit), as do RCPT checks
-/// against local users and aliases and local submissions (`local::Policies`); what was fixed at start (listeners, connection limits,
-/// TLS certificate, spool, user, delivery, routes, DNS, control, logging) is reported as
-/// needing a restart. A file with errors changes nothing.
+/// against local users and aliases and local submissions (`local::Policies`); what was
+/// fixed at start (listeners, connection limits, TLS certificate, spool, user, delivery,
+/// routes, DNS, control, logging) is reported as needing a restart. A file with errors
+/// changes nothing.
 fn reload(path: Option<&std::path::Path>, running: &Config, ctx: &Ctx) {
     let Some(path) = path else {
         info!("SIGHUP: running on embedded defaults, nothing to reload");
