@@ -82,13 +82,13 @@ type Recent = Arc<Mutex<HashMap<u32, VecDeque<Instant>>>>;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Policy {
-    /// `own_uid` is the daemon's uid (always trusted). An unknown name in
-    /// `local.trusted_users` is an error rather than silently trusting nobody.
     #[cfg(test)]
     pub fn new(cfg: &Config, own_uid: u32) -> Result<Self, String> {
         Self::with_rate(cfg, own_uid, Recent::default())
     }
 
+    /// `own_uid` is the daemon's uid (always trusted). An unknown name in
+    /// `local.trusted_users` is an error rather than silently trusting nobody.
     fn with_rate(cfg: &Config, own_uid: u32, recent: Recent) -> Result<Self, String> {
         let mut trusted = HashSet::from([0, own_uid]);
         for name in &cfg.local.trusted_users {
