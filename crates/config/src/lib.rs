@@ -64,7 +64,7 @@ pub struct Smtp {
     pub tls_key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Local {
     pub domains: Vec<String>,
     pub lmtp: Option<LmtpTarget>,
@@ -72,6 +72,26 @@ pub struct Local {
     /// Known local users; empty with no `users_file` means "accept any local part".
     pub users: Vec<String>,
     pub users_file: Option<PathBuf>,
+    /// Local users whose `sendmail -f` sets the envelope sender (the daemon's own user is
+    /// always trusted); everyone else's mail is from `user@hostname`.
+    pub trusted_users: Vec<String>,
+    /// Local submissions (sendmail, pickup) each untrusted uid may make per minute; 0 is
+    /// unlimited.
+    pub max_submissions_per_minute: usize,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Local {
+            domains: Vec::new(),
+            lmtp: None,
+            aliases: None,
+            users: Vec::new(),
+            users_file: None,
+            trusted_users: vec!["root".into()],
+            max_submissions_per_minute: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -405,7 +425,15 @@ const SMTP: &[&str] = &[
     "tls_cert",
     "tls_key",
 ];
-const LOCAL: &[&str] = &["domains", "lmtp", "aliases", "users", "users_file"];
+const LOCAL: &[&str] = &[
+    "domains",
+    "lmtp",
+    "aliases",
+    "users",
+    "users_file",
+    "trusted_users",
+    "max_submissions_per_minute",
+];
 const DNS: &[&str] = &["nameservers", "timeout", "attempts"];
 const DELIVERY: &[&str] = &[
     "enabled",
@@ -798,6 +826,10 @@ impl Walker<'_> {
                 "aliases" => l.aliases = self.path(v, key),
                 "users" => set(&mut l.users, self.strings(v, key)),
                 "users_file" => l.users_file = self.path(v, key),
+                "trusted_users" => set(&mut l.trusted_users, self.strings(v, key)),
+                "max_submissions_per_minute" => {
+                    set(&mut l.max_submissions_per_minute, self.usize(v, key, 0))
+                }
                 _ => {}
             }
         }
@@ -1155,6 +1187,34 @@ metrics = "127.0.0.1:9525"
             Config::parse("[routes]\n\"x.test\" = \"[300.1.1.1]:25\"\n", "r.toml").unwrap_err();
         assert!(errs.to_string().contains("r.toml:2:"), "{errs}");
         assert!(errs.to_string().contains("routes.\"x.test\""), "{errs}");
+    }
+
+    #[test]
+    fn local_submission_keys() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.local.trusted_users, ["root"]);
+        assert_eq!(c.local.max_submissions_per_minute, 60);
+        let c = Config::parse(
+            "[local]\ntrusted_users = [\"root\", \"list\"]\nmax_submissions_per_minute = 0\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.local.trusted_users, ["root", "list"]);
+        assert_eq!(c.local.max_submissions_per_minute, 0);
+        let errs = Config::parse(
+            "[local]\ntrusted_users = \"root\"\nmax_submissions_per_minute = -1\n",
+            "l.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errs.contains("l.toml:2:") && errs.contains("local.trusted_users"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("l.toml:3:") && errs.contains("local.max_submissions_per_minute"),
+            "{errs}"
+        );
     }
 
     #[test]

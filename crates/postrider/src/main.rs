@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod deliver;
 mod dsn;
+mod local;
 mod metrics;
 mod milter;
 mod pickup;
@@ -12,6 +13,7 @@ mod queue;
 mod sendmail;
 mod serve;
 mod server;
+mod submit;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,14 +1,17 @@
 //! `postrider sendmail` and the binary invoked as `sendmail`: the submission interface that
 //! scripts and cron use (sendmail(1) options), handing the message to the running daemon
-//! over SMTP on its loopback listener.
+//! over the local submission socket (`submit.rs`), or into the pickup directory when the
+//! daemon is not running. Either way the daemon learns the submitting uid from the kernel,
+//! not from us, and applies the local-submission policy; this side only refuses arguments
+//! that could not be a single envelope field.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use config::Config;
-use smtp_proto::{Command, ForwardPath, MailParams, Mailbox, RcptParams, ReplyParser, ReversePath};
 
 use crate::sysexits;
 
@@ -284,13 +287,23 @@ pub fn run(cfg: &Config, args: &[String]) -> ExitCode {
         Mode::SmtpOnStdin => return smtp_on_stdio(cfg),
         Mode::Deliver => {}
     }
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "root".into());
-    let sender = o
-        .sender
-        .clone()
-        .unwrap_or_else(|| format!("{user}@{}", cfg.hostname));
+    if let Err(e) = check_arguments(&o) {
+        eprintln!("sendmail: {e}; nothing was sent");
+        return ExitCode::from(sysexits::USAGE);
+    }
+    // Who we are comes from our uid, not from $USER, which the caller sets at will (the
+    // daemon decides from the uid anyway; this only makes the default From: right).
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    let sender = match o.sender.as_deref() {
+        Some("<>") => String::new(),
+        Some(s) => s.trim_start_matches('<').trim_end_matches('>').to_owned(),
+        None => format!("{user}@{}", cfg.hostname),
+    };
     let stdin = std::io::stdin();
     let msg = match read_message(&mut stdin.lock(), o.ignore_dots) {
         Ok(m) => m,
@@ -338,126 +351,114 @@ pub fn run(cfg: &Config, args: &[String]) -> ExitCode {
         eprintln!("sendmail: no recipients given");
         return ExitCode::from(sysexits::DATAERR);
     }
-    let addr = daemon_addr(cfg);
-    if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        // The daemon is down: leave the mail where it will look when it starts.
-        return match crate::pickup::write(&cfg.spool, &sender, &rcpts, &msg) {
-            Ok(p) => {
-                eprintln!(
-                    "sendmail: the daemon at {addr} is not answering ({e}); mail left in {}",
-                    p.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(pe) => {
-                eprintln!(
-                    "sendmail: cannot reach the daemon at {addr} ({e}) nor write to the pickup directory: {pe}"
-                );
-                ExitCode::from(sysexits::TEMPFAIL)
-            }
-        };
+    if let Some(bad) = rcpts
+        .iter()
+        .find(|r| crate::pickup::check_address(r).is_err())
+    {
+        // Only header recipients (-t) get here: the arguments were checked above.
+        eprintln!(
+            "sendmail: recipient {bad:?} from the message's headers is not an address; nothing was sent"
+        );
+        return ExitCode::from(sysexits::DATAERR);
     }
-    match submit(addr, &cfg.hostname, &sender, &rcpts, &msg) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, e)) => {
-            eprintln!("sendmail: {e}");
-            ExitCode::from(code)
+    let socket = crate::submit::socket_path(&cfg.spool);
+    let why_pickup = match submit_local(&socket, &sender, &rcpts, &msg) {
+        Local::Reply(code, _) if (200..300).contains(&code) => return ExitCode::SUCCESS,
+        Local::Reply(code, text) if code >= 500 => {
+            eprintln!("sendmail: the daemon refused the message: {text}");
+            return ExitCode::from(sysexits::DATAERR);
+        }
+        // Over the rate or short of disk: the pickup directory holds it until the daemon
+        // can take it, which it does under the same policy.
+        Local::Reply(_, text) => format!("the daemon said {text}"),
+        Local::Down(e) => format!("the daemon is not running ({}: {e})", socket.display()),
+        Local::Broken(e) => {
+            eprintln!(
+                "sendmail: lost the daemon at {} mid-submission: {e}",
+                socket.display()
+            );
+            return ExitCode::from(sysexits::TEMPFAIL);
+        }
+    };
+    match crate::pickup::write(&cfg.spool, &sender, &rcpts, &msg) {
+        Ok(p) => {
+            eprintln!("sendmail: {why_pickup}; mail left in {}", p.display());
+            ExitCode::SUCCESS
+        }
+        Err(pe) => {
+            eprintln!(
+                "sendmail: {why_pickup}, and writing to the pickup directory failed: {pe}; nothing was written"
+            );
+            ExitCode::from(sysexits::TEMPFAIL)
         }
     }
 }
 
-fn submit(
-    addr: SocketAddr,
-    helo: &str,
-    sender: &str,
-    rcpts: &[String],
-    msg: &[u8],
-) -> Result<(), (u8, String)> {
-    let unavailable = |e: std::io::Error| {
-        (
-            sysexits::TEMPFAIL,
-            format!("cannot reach the postrider daemon at {addr}: {e}"),
-        )
-    };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(unavailable)?;
-    s.set_read_timeout(Some(Duration::from_secs(300)))
-        .map_err(unavailable)?;
-    let mut parser = ReplyParser::new();
-    let mut read = |s: &mut TcpStream| -> Result<smtp_proto::Reply, (u8, String)> {
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(r) = parser.next_reply() {
-                return r.map_err(|e| (sysexits::SOFTWARE, e.to_string()));
-            }
-            let n = s.read(&mut buf).map_err(unavailable)?;
-            if n == 0 {
-                return Err((
-                    sysexits::TEMPFAIL,
-                    "the daemon closed the connection".into(),
-                ));
-            }
-            parser.push(&buf[..n]);
-        }
-    };
-    let expect = |r: smtp_proto::Reply, what: &str| -> Result<(), (u8, String)> {
-        if r.is_positive() {
-            Ok(())
-        } else if r.is_transient() {
-            Err((sysexits::TEMPFAIL, format!("{what}: {r}")))
-        } else {
-            Err((sysexits::DATAERR, format!("{what}: {r}")))
-        }
-    };
-    expect(read(&mut s)?, "greeting")?;
-    let send =
-        |s: &mut TcpStream, c: &Command| s.write_all(c.to_line().as_bytes()).map_err(unavailable);
-    send(&mut s, &Command::Ehlo(helo.to_owned()))?;
-    expect(read(&mut s)?, "EHLO")?;
-    let from = if sender.is_empty() {
-        ReversePath::Null
-    } else {
-        ReversePath::Mailbox(
-            Mailbox::parse(sender)
-                .map_err(|e| (sysexits::DATAERR, format!("sender {sender}: {e}")))?,
-        )
-    };
-    let utf8 = !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
-    send(
-        &mut s,
-        &Command::Mail {
-            from,
-            params: MailParams {
-                smtputf8: utf8,
-                ..Default::default()
-            },
-        },
-    )?;
-    expect(read(&mut s)?, "MAIL FROM")?;
-    for r in rcpts {
-        let m =
-            Mailbox::parse(r).map_err(|e| (sysexits::DATAERR, format!("recipient {r}: {e}")))?;
-        send(
-            &mut s,
-            &Command::Rcpt {
-                to: ForwardPath::Mailbox(m),
-                params: RcptParams::default(),
-            },
-        )?;
-        expect(read(&mut s)?, &format!("RCPT TO:<{r}>"))?;
+/// Refuses `-f`, `-F` and recipient arguments that are not one field each: a CR or LF (or
+/// any control character) would add envelope lines to a pickup file or header lines to
+/// the message.
+fn check_arguments(o: &Options) -> Result<(), String> {
+    if let Some(f) = &o.sender {
+        let bare = f.trim_start_matches('<').trim_end_matches('>');
+        crate::pickup::check_address(bare).map_err(|_| {
+            format!("the sender (-f) {f:?} is not an address (spaces, controls or line breaks)")
+        })?;
     }
-    send(&mut s, &Command::Data)?;
-    let r = read(&mut s)?;
-    if r.code() != 354 {
-        return expect(r, "DATA").and(Err((sysexits::SOFTWARE, "unexpected reply to DATA".into())));
+    if let Some(n) = &o.full_name
+        && n.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "the full name (-F) {n:?} contains a line break or control character"
+        ));
     }
-    let mut wire = Vec::with_capacity(msg.len() + 16);
-    let mut st = smtp_proto::DotStuffer::new();
-    st.encode(msg, &mut wire);
-    st.finish(&mut wire);
-    s.write_all(&wire).map_err(unavailable)?;
-    expect(read(&mut s)?, "end of data")?;
-    let _ = s.write_all(b"QUIT\r\n");
+    for r in &o.recipients {
+        crate::pickup::check_address(r).map_err(|_| {
+            format!("the recipient {r:?} is not an address (spaces, controls or line breaks)")
+        })?;
+    }
     Ok(())
+}
+
+/// How a submission over the local socket went.
+enum Local {
+    /// Nobody listening: the daemon is not running.
+    Down(std::io::Error),
+    /// The daemon's reply: code and the whole line.
+    Reply(u16, String),
+    /// The connection failed after the message was sent, so the daemon may or may not
+    /// have it.
+    Broken(String),
+}
+
+fn submit_local(path: &std::path::Path, sender: &str, rcpts: &[String], msg: &[u8]) -> Local {
+    let mut s = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => return Local::Down(e),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
+    let mut head = format!("{sender}\n");
+    for r in rcpts {
+        head.push_str(r);
+        head.push('\n');
+    }
+    head.push('\n');
+    // A write error is not the end: the daemon may have refused early (too big) and
+    // closed, and its reply says why.
+    let sent = s
+        .write_all(head.as_bytes())
+        .and_then(|()| s.write_all(msg))
+        .and_then(|()| s.shutdown(std::net::Shutdown::Write));
+    let mut reply = String::new();
+    let read = std::io::BufReader::new(&s).read_line(&mut reply);
+    let line = reply.trim_end().to_owned();
+    match (line.get(..3).and_then(|c| c.parse::<u16>().ok()), read) {
+        (Some(code), Ok(_)) => Local::Reply(code, line),
+        (_, Err(e)) => Local::Broken(e.to_string()),
+        (None, Ok(_)) => Local::Broken(match sent {
+            Err(e) => e.to_string(),
+            Ok(()) => format!("no reply (got {line:?})"),
+        }),
+    }
 }
 
 /// -bs: an SMTP session on standard input/output, relayed to the daemon.
@@ -504,6 +505,27 @@ mod tests {
         assert_eq!(parse_args(&s(&["-bs"])).unwrap().mode, Mode::SmtpOnStdin);
         assert!(parse_args(&s(&["-f"])).is_err());
         assert!(parse_args(&s(&["-Z"])).is_err());
+    }
+
+    #[test]
+    fn arguments_with_line_breaks_are_refused() {
+        let ok = parse_args(&s(&["-f", "<a@b.test>", "-F", "A B", "x@y.test"])).unwrap();
+        assert!(check_arguments(&ok).is_ok());
+        for (args, names) in [
+            (
+                &["-f", "a@b.test\r\nRCPT TO:<v@w.test>", "x@y.test"][..],
+                "-f",
+            ),
+            (&["-fa@b.test\n", "x@y.test"], "-f"),
+            (&["-F", "Me\r\nBcc: v@w.test", "x@y.test"], "-F"),
+            (&["x@y.test\nv@w.test"], "recipient"),
+            (&["x@y.test\0"], "recipient"),
+            (&["x y@z.test"], "recipient"),
+        ] {
+            let o = parse_args(&s(args)).unwrap();
+            let e = check_arguments(&o).unwrap_err();
+            assert!(e.contains(names), "{args:?}: {e}");
+        }
     }
 
     #[test]

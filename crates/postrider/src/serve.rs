@@ -115,11 +115,21 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     ));
     // Ports are bound and the spool is open: from here on root is not needed.
     drop_privileges(&cfg)?;
+    let local = Arc::new(
+        crate::local::Policies::new(ctx.clone(), nix::unistd::geteuid().as_raw())
+            .map_err(anyhow::Error::msg)?,
+    );
     let pickup = tokio::spawn(crate::pickup::run(
         spool.clone(),
         queue.clone(),
-        cfg.hostname.clone(),
-        cfg.smtp.max_message_size,
+        local.clone(),
+        shutdown.clone(),
+    ));
+    let submit = tokio::spawn(crate::submit::serve(
+        crate::submit::socket_path(&cfg.spool),
+        spool.clone(),
+        queue.clone(),
+        local,
         shutdown.clone(),
     ));
     let mut accepts = Vec::new();
@@ -150,6 +160,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     }
     let _ = control.await;
     let _ = pickup.await;
+    let _ = submit.await;
     if let Some(m) = metrics {
         let _ = m.await;
     }
@@ -174,6 +185,10 @@ fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("user: there is no user '{name}'"))?;
     fn walk(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path)) {
         f(dir);
+        // pickup/ holds local users' files: their owner is who submitted them.
+        if dir.file_name().is_some_and(|n| n == "pickup") {
+            return;
+        }
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -218,9 +233,10 @@ async fn wait_for_signal(on_hup: impl Fn()) {
 
 /// SIGHUP: re-reads the configuration. New SMTP sessions use it (relay networks and domains,
 /// size and recipient limits, timeouts, banner, milters, hop limit), as do RCPT checks
-/// against local users and aliases; what was fixed at start (listeners, connection limits,
-/// TLS certificate, spool, user, delivery, routes, DNS, control, logging) is reported as
-/// needing a restart. A file with errors changes nothing.
+/// against local users and aliases and local submissions (`local::Policies`); what was
+/// fixed at start (listeners, connection limits, TLS certificate, spool, user, delivery,
+/// routes, DNS, control, logging) is reported as needing a restart. A file with errors
+/// changes nothing.
 fn reload(path: Option<&std::path::Path>, running: &Config, ctx: &Ctx) {
     let Some(path) = path else {
         info!("SIGHUP: running on embedded defaults, nothing to reload");
