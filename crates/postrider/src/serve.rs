@@ -46,6 +46,9 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> 
 
 async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    // Before anything can announce that the daemon is up: a SIGTERM sent right after the
+    // listeners are bound must drain, not kill with the default action.
+    let signals = Signals::new().context("installing signal handlers")?;
     let (spool, recovery) = spool::open(spool_config(&cfg))
         .with_context(|| format!("opening the spool {}", cfg.spool.display()))?;
     info!("spool {}: {}", cfg.spool.display(), recovery.report);
@@ -141,7 +144,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         )));
     }
 
-    wait_for_signal(|| reload(path.as_deref(), &cfg, &ctx)).await;
+    signals.wait(|| reload(path.as_deref(), &cfg, &ctx)).await;
     info!("shutting down: no new connections, sessions get 421");
     shutdown.cancel();
     for a in accepts {
@@ -216,17 +219,31 @@ fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT, calling `on_hup` for every SIGHUP meanwhile.
-async fn wait_for_signal(on_hup: impl Fn()) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => on_hup(),
+/// The signals the daemon acts on, installed once at start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT, calling `on_hup` for every SIGHUP meanwhile.
+    async fn wait(mut self, on_hup: impl Fn()) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => on_hup(),
+            }
         }
     }
 }

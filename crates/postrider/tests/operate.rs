@@ -114,9 +114,11 @@ fn queue_commands_against_a_running_daemon() {
         || sink_a.messages().len() == 1,
     );
     // The sink has the message a moment before its result is recorded: wait for the queue.
-    wait_for("the delivered message to leave the queue", Duration::from_secs(20), || {
-        d.queued() == 3
-    });
+    wait_for(
+        "the delivered message to leave the queue",
+        Duration::from_secs(20),
+        || d.queued() == 3,
+    );
     assert_eq!(sink_a.messages().len(), 1, "the held message stays");
     assert_eq!(d.queued(), 3, "the held message stays");
     ok(d.cli(&["queue", "release", &a2]));
