@@ -146,19 +146,24 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
 
     signals.wait(|| reload(path.as_deref(), &cfg, &ctx)).await;
     info!("shutting down: no new connections, sessions get 421");
+    // Sessions and deliveries share one grace period. The queue manager starts no attempt
+    // from now on; mail that sessions still commit stays in the spool for the next start.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     shutdown.cancel();
+    qm_shutdown.cancel();
     for a in accepts {
         let _ = a.await;
     }
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+    if tokio::time::timeout_at(deadline, sessions.wait())
         .await
         .is_err()
     {
         warn!("sessions still open after {SHUTDOWN_GRACE:?}; closing them");
     }
-    qm_shutdown.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, qm).await.is_err() {
+    // The spool stays open until the running attempts have reported and their results
+    // are durable; past the grace period, what they have not recorded is tried again.
+    if tokio::time::timeout_at(deadline, qm).await.is_err() {
         warn!("deliveries still running after {SHUTDOWN_GRACE:?}; they will be retried");
     }
     let _ = control.await;

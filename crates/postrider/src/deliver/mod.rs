@@ -2,7 +2,9 @@
 //!
 //! The queue manager hands a [`Attempt`] to [`Deliverer::run`]; the deliverer resolves the
 //! domain afresh (MX is never stored in the queue), talks SMTP or LMTP, makes every
-//! recipient's result durable in the spool, and only then reports back.
+//! recipient's result durable in the spool, and only then reports back. Each message's
+//! results are written as soon as its final reply is in, while the connection goes on with
+//! the next message, so a crash repeats at most the deliveries of the last commit window.
 
 use spool::{BodyType, DsnRet, MessageRef, Notify, TxnId};
 
@@ -42,7 +44,11 @@ pub struct JobRecipient {
 pub struct AttemptReport {
     pub domain: DomainId,
     pub domain_name: String,
+    /// Results durable in the spool: the manager may act on them.
     pub results: Vec<RcptResult>,
+    /// Results the spool could not record. They are not final: the recipients keep their
+    /// previous state and are tried again (a delivery may then be repeated, never lost).
+    pub unrecorded: Vec<RcptResult>,
 }
 
 pub struct RcptResult {
@@ -83,7 +89,7 @@ impl RcptOutcome {
 pub mod client;
 pub mod tls;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use client::{Client, ClientSettings, SessionError};
@@ -148,9 +154,10 @@ impl Deliverer {
                     .map(move |r| ((m.id, r.index), (r.address.clone(), m.arrival)))
             })
             .collect();
-        let mut results = Vec::new();
+        let mut rec = Recorder::new(&self.spool, tries);
         let (expired, live): (Vec<JobMessage>, Vec<JobMessage>) =
             attempt.messages.into_iter().partition(|m| m.expired);
+        let mut results = Vec::new();
         for m in &expired {
             let days = self.max_queue_time.as_secs() / 86_400;
             let outcome = RcptOutcome::Failed {
@@ -159,6 +166,7 @@ impl Deliverer {
             };
             results.extend(all(m, &outcome));
         }
+        rec.record(results);
         if !live.is_empty() {
             let started = std::time::Instant::now();
             let resolved = self.resolver.resolve(&attempt.domain_name).await;
@@ -180,20 +188,18 @@ impl Deliverer {
                             reply: f.to_string(),
                         }
                     };
-                    for m in &live {
-                        results.extend(all(m, &outcome));
-                    }
+                    rec.record(live.iter().flat_map(|m| all(m, &outcome)).collect());
                 }
                 Ok(dests) => {
                     let mut settings = self.settings.clone();
                     if let Some(p) = self.tls_policy.lookup(&attempt.domain_name) {
                         settings.delivery.tls = *p;
                     }
-                    self.deliver(&dests, live, &settings, &mut results).await
+                    self.deliver(&dests, live, &settings, &mut rec).await
                 }
             }
         }
-        self.record(&results, &tries).await;
+        let (results, unrecorded) = rec.finish().await;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -211,10 +217,22 @@ impl Deliverer {
                 RcptOutcome::Failed { .. } => &c.failed,
             });
         }
+        for (r, e) in &unrecorded {
+            let to = who.get(&(r.id, r.index)).map_or("?", |(a, _)| a.as_str());
+            let rcpt_id = r.id.rcpt_id(r.index);
+            let (relay, _) = r.outcome.relay_and_handoff();
+            warn!(
+                queue_id = %r.id, %rcpt_id, to, domain = %attempt.domain_name,
+                relay = relay.as_deref().unwrap_or("none"), status = "deferred",
+                "result not recorded, the recipient stays queued and is tried again: {e}"
+            );
+            crate::metrics::Counters::inc(&self.counters.deferred);
+        }
         AttemptReport {
             domain: attempt.domain,
             domain_name: attempt.domain_name,
             results,
+            unrecorded: unrecorded.into_iter().map(|(r, _)| r).collect(),
         }
     }
 
@@ -247,7 +265,7 @@ impl Deliverer {
         dests: &[Destination],
         live: Vec<JobMessage>,
         settings: &ClientSettings,
-        results: &mut Vec<RcptResult>,
+        rec: &mut Recorder,
     ) {
         let mut pending: VecDeque<JobMessage> = live.into();
         let mut last_error: Option<SessionError> = None;
@@ -276,18 +294,23 @@ impl Deliverer {
                             relay: None,
                             reply: format!("4.3.0 spool read error: {e}"),
                         };
-                        results.extend(all(msg, &outcome));
+                        rec.record(all(msg, &outcome).collect());
                         pending.pop_front();
                         continue;
                     }
                 };
                 match client.send(msg, content).await {
                     Ok(res) => {
-                        results.extend(res.into_iter().map(|(index, outcome)| RcptResult {
-                            id: msg.id,
-                            index,
-                            outcome,
-                        }));
+                        // Written while the connection goes on with the next message.
+                        rec.record(
+                            res.into_iter()
+                                .map(|(index, outcome)| RcptResult {
+                                    id: msg.id,
+                                    index,
+                                    outcome,
+                                })
+                                .collect(),
+                        );
                         pending.pop_front();
                     }
                     Err(e) => {
@@ -306,47 +329,78 @@ impl Deliverer {
             None => "4.4.1 delivery not completed".to_string(),
         };
         let outcome = RcptOutcome::Deferred { relay: None, reply };
-        for m in &pending {
-            results.extend(all(m, &outcome));
+        rec.record(pending.iter().flat_map(|m| all(m, &outcome)).collect());
+    }
+}
+
+/// One spool write of some results, running on its own task.
+type Write = tokio::task::JoinHandle<Result<(), spool::SpoolError>>;
+
+/// Writes an attempt's results to the spool as they come in, without waiting for each
+/// write: the writer's group commit joins them with whatever else is being committed.
+struct Recorder {
+    spool: Spool,
+    tries: HashMap<(TxnId, u16), u32>,
+    writes: Vec<(Vec<RcptResult>, Write)>,
+}
+
+impl Recorder {
+    fn new(spool: &Spool, tries: HashMap<(TxnId, u16), u32>) -> Self {
+        Recorder {
+            spool: spool.clone(),
+            tries,
+            writes: Vec::new(),
         }
     }
 
-    async fn record(
-        &self,
-        results: &[RcptResult],
-        tries: &std::collections::HashMap<(TxnId, u16), u32>,
-    ) {
-        let updates: Vec<Update> = results
-            .iter()
-            .map(|r| {
-                let (relay, handoff) = r.outcome.relay_and_handoff();
-                let (state, last_error) = match &r.outcome {
-                    RcptOutcome::Delivered { .. } => (RcptState::Delivered, None),
-                    RcptOutcome::Deferred { reply, .. } => {
-                        (RcptState::Deferred, Some(reply.clone()))
-                    }
-                    RcptOutcome::Failed { reply, .. } => (RcptState::Failed, Some(reply.clone())),
-                };
-                Update::Rcpt {
-                    id: r.id,
-                    index: r.index,
-                    state,
-                    tries: tries.get(&(r.id, r.index)).copied().unwrap_or(0) + 1,
-                    last_error,
-                    next_attempt: 0,
-                    relay,
-                    handoff,
-                }
-            })
-            .collect();
-        if updates.is_empty() {
+    /// Starts writing `results` (one message's, or a batch that shares an outcome).
+    fn record(&mut self, results: Vec<RcptResult>) {
+        if results.is_empty() {
             return;
         }
-        // If this fails the results stay only in memory: after a crash the recipients are
-        // tried again (a duplicate, never a loss).
-        if let Err(e) = self.spool.update(updates).await {
-            warn!("could not record delivery results: {e}");
+        let updates: Vec<Update> = results.iter().map(|r| self.update(r)).collect();
+        let spool = self.spool.clone();
+        // A task of its own, so the write goes ahead while the connection is busy.
+        let write = tokio::spawn(async move { spool.update(updates).await });
+        self.writes.push((results, write));
+    }
+
+    fn update(&self, r: &RcptResult) -> Update {
+        let (relay, handoff) = r.outcome.relay_and_handoff();
+        let (state, last_error) = match &r.outcome {
+            RcptOutcome::Delivered { .. } => (RcptState::Delivered, None),
+            RcptOutcome::Deferred { reply, .. } => (RcptState::Deferred, Some(reply.clone())),
+            RcptOutcome::Failed { reply, .. } => (RcptState::Failed, Some(reply.clone())),
+        };
+        Update::Rcpt {
+            id: r.id,
+            index: r.index,
+            state,
+            tries: self.tries.get(&(r.id, r.index)).copied().unwrap_or(0) + 1,
+            last_error,
+            next_attempt: 0,
+            relay,
+            handoff,
         }
+    }
+
+    /// Waits for every write: the results now durable, and those that could not be
+    /// recorded with the reason.
+    async fn finish(self) -> (Vec<RcptResult>, Vec<(RcptResult, String)>) {
+        let mut durable = Vec::new();
+        let mut unrecorded = Vec::new();
+        for (results, write) in self.writes {
+            let err = match write.await {
+                Ok(Ok(())) => {
+                    durable.extend(results);
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("spool write task: {e}"),
+            };
+            unrecorded.extend(results.into_iter().map(|r| (r, err.clone())));
+        }
+        (durable, unrecorded)
     }
 }
 

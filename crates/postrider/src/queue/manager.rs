@@ -1,7 +1,8 @@
 //! The queue manager task: the single owner of the in-memory queue (every live message and
 //! the per-domain scheduler). Sessions hand it committed messages, delivery attempts hand it
-//! their per-recipient results (already durable in the spool), and the control socket asks it
-//! questions; all through one typed channel, answered over oneshots.
+//! their per-recipient results (already durable in the spool; those the spool could not
+//! record are not acted on), and the control socket asks it questions; all through one typed
+//! channel, answered over oneshots.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +42,8 @@ pub enum QueueMsg {
         mref: MessageRef,
         size: u64,
     },
-    /// A delivery attempt ended; its recipient updates are already durable.
+    /// A delivery attempt ended; its `results` are already durable, its `unrecorded`
+    /// ones are not and are tried again.
     AttemptDone(AttemptReport),
     /// A DSN task ended: the new message, or why it could not be made.
     DsnDone {
@@ -103,6 +105,10 @@ pub struct Manager {
     relocations: Option<mpsc::UnboundedReceiver<Vec<TxnId>>>,
     /// Messages in each running attempt.
     in_attempt: HashMap<DomainId, Vec<TxnId>>,
+    /// DSN tasks running (each is waited for at shutdown: its message is being committed).
+    dsns: usize,
+    /// Shutting down: no new attempts; the manager ends once the running ones reported.
+    draining: bool,
 }
 
 fn unix_now() -> u64 {
@@ -135,6 +141,8 @@ impl Manager {
             background: tokio_util::task::TaskTracker::new(),
             relocations: None,
             in_attempt: HashMap::new(),
+            dsns: 0,
+            draining: false,
         };
         let mut m = m;
         m.relocations = m.spool.relocation_requests();
@@ -209,6 +217,7 @@ impl Manager {
         let rcpts = super::bounce::pending(&m.env, &self.settings.dsn);
         if !rcpts.is_empty() {
             m.dsn_in_flight = true;
+            self.dsns += 1;
             let (spool, tx) = (self.spool.clone(), self.tx.clone());
             let (env, mref) = (m.env.clone(), m.mref.clone());
             let host = self.settings.hostname.clone();
@@ -267,6 +276,7 @@ impl Manager {
         rcpts: Vec<u16>,
         result: Result<(Envelope, MessageRef), String>,
     ) {
+        self.dsns = self.dsns.saturating_sub(1);
         let Some(m) = self.messages.get_mut(&id) else {
             return;
         };
@@ -307,8 +317,7 @@ impl Manager {
         }
         loop {
             self.start_attempts();
-            let dsn_busy = self.messages.values().any(|m| m.dsn_in_flight);
-            if self.sched.in_flight() == 0 && !dsn_busy {
+            if self.sched.in_flight() == 0 && self.dsns == 0 {
                 break;
             }
             match self.rx.recv().await {
@@ -320,6 +329,8 @@ impl Manager {
         self.background.wait().await;
     }
 
+    /// Runs until `shutdown`; from then on it starts no attempt, and returns once the
+    /// running attempts and DSNs have reported and what they wrote is durable.
     pub async fn run(mut self, shutdown: CancellationToken) {
         // A tick: one scheduling event and the attempts it makes due, measured from the
         // event to the end of the `start_attempts` that follows it. Its cost must not grow
@@ -327,6 +338,17 @@ impl Manager {
         // the queue by nature and are not scheduling work, so they are not counted.
         let mut tick: Option<Instant> = None;
         loop {
+            if shutdown.is_cancelled() && !self.draining {
+                self.draining = true;
+                tracing::info!(
+                    attempts = self.sched.in_flight(),
+                    dsns = self.dsns,
+                    "shutting down: no new delivery attempts, waiting for the running ones"
+                );
+            }
+            if self.draining && self.sched.in_flight() == 0 && self.dsns == 0 {
+                break;
+            }
             self.start_attempts();
             if let Some(started) = tick.take() {
                 self.settings.counters.tick(started.elapsed());
@@ -356,8 +378,8 @@ impl Manager {
                         None => std::future::pending().await,
                     }
                 } => self.relocate(ids).await,
-                _ = sleep => {}
-                _ = shutdown.cancelled(), if self.sched.in_flight() == 0 => break,
+                _ = sleep, if !self.draining => {}
+                _ = shutdown.cancelled(), if !self.draining => {}
             }
         }
         self.background.close();
@@ -365,7 +387,7 @@ impl Manager {
     }
 
     fn start_attempts(&mut self) {
-        if !self.settings.delivery_enabled {
+        if !self.settings.delivery_enabled || self.draining {
             return;
         }
         let now = Instant::now();
@@ -505,6 +527,20 @@ impl Manager {
             // Deferred recipients too: one may be due a delay notice.
             if !touched.contains(&r.id) {
                 touched.push(r.id);
+            }
+        }
+        // Not recorded, so not final: the recipient keeps the state the spool has for it
+        // (and its try count) and goes back to its domain.
+        for r in &report.unrecorded {
+            if self
+                .messages
+                .get(&r.id)
+                .is_some_and(|m| m.env.recipients.get(usize::from(r.index)).is_some())
+            {
+                retry.push(Pair {
+                    id: r.id,
+                    rcpt: r.index,
+                });
             }
         }
         let outcome = if retry.is_empty() {
