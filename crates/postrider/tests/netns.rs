@@ -281,3 +281,47 @@ fn relay_clients_are_exempt_from_the_per_client_limit() {
     );
     no_ansi(&d.log());
 }
+
+#[test]
+fn guide_local_domain_delivers_over_lmtp_as_written() {
+    let world = World::new();
+    let dir = NsDaemon::dir();
+    make_etc(dir.path());
+    let lmtp = world.lmtp_unix_sink(&dir.path().join("dovecot-lmtp"));
+    let config = [
+        guide_block("listen = [\"0.0.0.0:25\""),
+        guide_block("[local]"),
+    ]
+    .map(|b| map_paths(&b, dir.path()))
+    .join("\n");
+    let d = NsDaemon::start(&world, dir, &config, &["0.0.0.0:25", "[::]:25"]);
+    // Local domains take mail from anyone, also from outside the relay network.
+    let from = ["-f", "someone@client.example"];
+    sent(&world.swaks(
+        OUTSIDE_CLIENT,
+        SRV_V4,
+        &[&from[..], &["-t", "alice@example.org"]].concat(),
+    ));
+    sent(&world.swaks(
+        OUTSIDE_CLIENT,
+        SRV_V4,
+        &[&from[..], &["-t", "team@example.org"]].concat(),
+    ));
+    let unknown = world.swaks(
+        OUTSIDE_CLIENT,
+        SRV_V4,
+        &[&from[..], &["-t", "nobody@example.org"]].concat(),
+    );
+    let text = String::from_utf8_lossy(&unknown.stdout);
+    assert!(text.contains("550 5.1.1"), "{text}");
+    wait_for("LMTP deliveries", Duration::from_secs(30), || {
+        lmtp.rcpts().len() >= 3
+    });
+    assert_eq!(
+        lmtp.rcpts(),
+        ["alice@example.org", "alice@example.org", "bob@example.org"],
+        "{}",
+        d.log()
+    );
+    no_ansi(&d.log());
+}

@@ -226,6 +226,35 @@ impl World {
         }
     }
 
+    /// An LMTP sink on a unix socket at `path` (in no namespace: a unix socket is reached
+    /// through the file system), standing in for Dovecot's LMTP listener.
+    pub fn lmtp_unix_sink(&self, path: &Path) -> NsSink {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(PYTHON)
+            .arg(repo_root().join("tests/peers/sink.py"))
+            .args(["--lmtp", "--unix"])
+            .arg(path)
+            .arg("--out")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("sink log"))
+            .spawn()
+            .expect("spawn sink.py");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        assert!(
+            line.starts_with("ready"),
+            "LMTP sink on {} did not start: {}",
+            path.display(),
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+        );
+        NsSink {
+            _proc: Proc(child),
+            dir,
+        }
+    }
+
     /// swaks run in `net` from `source` to postrider at `server` (an IP), port 25.
     pub fn swaks(&self, source: &str, server: &str, args: &[&str]) -> Output {
         self.net
