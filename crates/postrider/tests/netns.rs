@@ -325,3 +325,51 @@ fn guide_local_domain_delivers_over_lmtp_as_written() {
     );
     no_ansi(&d.log());
 }
+
+#[test]
+fn an_address_added_to_our_interfaces_becomes_a_loop() {
+    let world = World::new();
+    let mx4 = world.sink(MX4, 25, &[]);
+    let mx77 = world.sink(MX77, 25, &[]);
+    let dir = NsDaemon::dir();
+    let config = format!(
+        "hostname = \"mx.example.org\"\nspool = \"{}\"\nuser = \"postrider\"\n\
+         [smtp]\nlisten = [\"0.0.0.0:25\"]\nrelay_networks = [\"192.0.2.0/24\"]\n\
+         [dns]\nnameservers = [\"{DNS}:53\"]\n",
+        NsDaemon::spool_of(dir.path()).display()
+    );
+    let d = NsDaemon::start(&world, dir, &config, &["0.0.0.0:25"]);
+    let send = |to: &str| {
+        sent(&world.swaks(
+            RELAY_CLIENT,
+            SRV_V4,
+            &["-f", "alice@client.example", "-t", to],
+        ));
+    };
+    send("first@moved.example");
+    wait_for("delivery to mx77", Duration::from_secs(30), || {
+        !mx77.rcpts().is_empty()
+    });
+    // The MX's address moves onto our own interface (a failover address taken over).
+    drop(mx77);
+    world
+        .net
+        .ip(&["addr", "del", &format!("{MX77}/24"), "dev", "eth0"]);
+    world
+        .srv
+        .ip(&["addr", "add", &format!("{MX77}/32"), "dev", "eth0"]);
+    wait_for(
+        "the daemon to see the new address",
+        Duration::from_secs(15),
+        || d.log().contains("interface addresses changed"),
+    );
+    send("second@moved.example");
+    wait_for("the bounce", Duration::from_secs(30), || {
+        mx4.rcpts().contains(&"alice@client.example".to_string())
+    });
+    let bounce = mx4.texts().concat();
+    assert!(
+        bounce.contains("second@moved.example") && bounce.contains("5.4.6"),
+        "{bounce}"
+    );
+}

@@ -9,7 +9,7 @@
 //!  srv: eth0 192.0.2.25/24, 2001:db8::25/64         (postrider; routes to 198.51.100/24 and
 //!       lo                                            2001:db8:1::/64 on-link via eth0)
 //!  net: eth0 192.0.2.1, .7 (smarthosts), .10 (relay client),
-//!            198.51.100.10 (mx4), .20 (mx.internal), .53 (DNS), .99 (outside client),
+//!            198.51.100.10 (mx4), .20 (mx.internal), .53 (DNS), .77 (mx77), .99 (outside),
 //!            2001:db8::2/64, 2001:db8:1::25/64 (mx6, AAAA only)
 //! ```
 //!
@@ -17,7 +17,8 @@
 //! `[dns]` uses it as the system resolver would):
 //! `v4.example` → mx4 (A only); `v6.example` → mx6 (AAAA only); `loop.example` → us;
 //! `backup.example` → mx4 (10) and us (20); `client.example` → mx4; `mx.internal` → .20;
-//! `bank.example`, `x.partner.example` → mx4; `self.example` is our A and AAAA.
+//! `bank.example`, `x.partner.example` → mx4; `moved.example` → mx77; `self.example` is our
+//! A and AAAA.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ pub const MX_INTERNAL: &str = "198.51.100.20";
 pub const SMARTHOST: &str = "192.0.2.1";
 pub const SUBDOMAIN_HOST: &str = "192.0.2.7";
 pub const DNS: &str = "198.51.100.53";
+/// mx77.example, the MX of moved.example: in `net` at first, for a test to move into `srv`.
+pub const MX77: &str = "198.51.100.77";
 
 const NET_V4: &[&str] = &[
     "192.0.2.1/24",
@@ -46,6 +49,7 @@ const NET_V4: &[&str] = &[
     "198.51.100.20/24",
     "198.51.100.53/24",
     "198.51.100.99/24",
+    "198.51.100.77/24",
 ];
 const NET_V6: &[&str] = &["2001:db8::2/64", "2001:db8:1::25/64"];
 
@@ -64,6 +68,8 @@ const ZONE: &[&str] = &[
     "--mx-host=client.example,mx4.example,10",
     "--mx-host=bank.example,mx4.example,10",
     "--mx-host=x.partner.example,mx4.example,10",
+    "--host-record=mx77.example,198.51.100.77",
+    "--mx-host=moved.example,mx77.example,10",
 ];
 
 fn run(cmd: &mut Command) -> Output {
