@@ -134,7 +134,12 @@ fn guide_relay_delivers_over_ipv4_and_ipv6_and_detects_loops() {
     let mx6 = world.sink(MX6, 25, &[]);
     let dir = NsDaemon::dir();
     make_etc(dir.path());
-    let config = map_paths(&guide_block("listen = [\"0.0.0.0:25\""), dir.path());
+    let config = [
+        guide_block("listen = [\"0.0.0.0:25\""),
+        guide_block("[control]\nmetrics"),
+    ]
+    .map(|b| map_paths(&b, dir.path()))
+    .join("\n");
     let d = NsDaemon::start(&world, dir, &config, &["0.0.0.0:25", "[::]:25"]);
     assert!(d.log().contains("running as user postrider"), "{}", d.log());
 
@@ -185,6 +190,18 @@ fn guide_relay_delivers_over_ipv4_and_ipv6_and_detects_loops() {
     wait_for("an empty queue", Duration::from_secs(10), || {
         d.queue_json().as_array().is_some_and(Vec::is_empty)
     });
+    // The guide's metrics block: Prometheus text on 127.0.0.1:9525 inside our namespace.
+    let scrape = world
+        .srv
+        .exec(common::PYTHON)
+        .args([
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9525/metrics', timeout=10).read().decode())",
+        ])
+        .output()
+        .expect("python3");
+    let metrics = String::from_utf8_lossy(&scrape.stdout);
+    assert!(metrics.contains("postrider_queue_"), "{metrics}");
     no_ansi(&d.log());
 }
 
