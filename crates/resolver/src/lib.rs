@@ -67,7 +67,10 @@ pub struct ResolverConfig {
 pub struct HostAddresses(Arc<std::sync::RwLock<Arc<Vec<IpAddr>>>>);
 
 impl HostAddresses {
-    pub fn new(addrs: Vec<IpAddr>) -> Self {
+    pub fn new(mut addrs: Vec<IpAddr>) -> Self {
+        // Kept sorted and unique, so `set` can tell a real change from a reordering.
+        addrs.sort();
+        addrs.dedup();
         HostAddresses(Arc::new(std::sync::RwLock::new(Arc::new(addrs))))
     }
 
@@ -858,7 +861,11 @@ mod tests {
 
     #[test]
     fn host_addresses_follow_interface_changes() {
-        let h = HostAddresses::new(ips(&["192.0.2.25"]));
+        let h = HostAddresses::new(ips(&["192.0.2.25", "127.0.0.1", "192.0.2.25"]));
+        assert!(
+            !h.set(ips(&["127.0.0.1", "192.0.2.25"])),
+            "the same set, reordered"
+        );
         let listen = [sa("0.0.0.0:25")];
         assert!(!is_self(sa("192.0.2.26:25"), &[], &listen, &h.get()));
         assert!(h.set(ips(&["192.0.2.26", "192.0.2.25"])));
