@@ -390,3 +390,27 @@ fn an_address_added_to_our_interfaces_becomes_a_loop() {
         "{bounce}"
     );
 }
+
+/// Finding 3 on loopback, without namespaces: loopback is in the default relay networks, so
+/// one loopback client may hold more sessions than `max_connections_per_client`.
+#[test]
+fn loopback_relay_clients_hold_more_sessions_than_the_per_client_limit() {
+    let d = common::Daemon::start(
+        "[delivery]\nenabled = false\n[smtp]\nmax_connections_per_client = 5\n",
+    );
+    let _held: Vec<common::Raw> = (0..12)
+        .map(|_| common::Raw::greeted_within(d.port, Duration::from_secs(10)))
+        .collect();
+}
+
+/// Finding 4: a log written to a file (as under systemd) has no colour escapes.
+#[test]
+fn log_files_are_plain_text() {
+    let d = common::Daemon::start("[delivery]\nenabled = false\n");
+    let out = common::swaks(d.port, &["-f", "a@src.test", "-t", "b@dst.test"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued as S"));
+    wait_for("the received line", Duration::from_secs(10), || {
+        d.log().contains("received")
+    });
+    no_ansi(&d.log());
+}
