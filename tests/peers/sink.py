@@ -13,6 +13,7 @@ Behaviour switches (all optional):
   --drop-after-rcpt N                  close the connection after the Nth RCPT of a session
   --delay SECONDS                      sleep before each reply to DATA (a slow server)
   --lmtp                               speak LMTP (LHLO, one reply per recipient after DATA)
+  --unix PATH                          listen on a unix socket (mode 0666) instead of TCP
 """
 import argparse
 import asyncio
@@ -128,7 +129,8 @@ class Handler:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--unix", help="listen on this unix socket instead of --host/--port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--out", required=True)
     p.add_argument("--rcpt-reply", action="append", default=[])
@@ -170,18 +172,33 @@ def main():
             super()._trigger_server()
 
         def factory(self):
-            tls = None
-            if args.tls_cert:
-                import ssl
-                tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                tls.load_cert_chain(args.tls_cert, args.tls_key)
-            return Server(self.handler, hostname="sink.test",
-                          enable_SMTPUTF8=not args.no_smtputf8, tls_context=tls,
-                          data_size_limit=args.size_limit)
+            return make_server()
+
+    def make_server():
+        tls = None
+        if args.tls_cert:
+            import ssl
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(args.tls_cert, args.tls_key)
+        return Server(handler, hostname="sink.test",
+                      enable_SMTPUTF8=not args.no_smtputf8, tls_context=tls,
+                      data_size_limit=args.size_limit)
 
     # A loaded test machine can take a while to bring the server up.
-    ctl = Ctl(handler, hostname=args.host, port=args.port, ready_timeout=30)
-    ctl.start()
+    if args.unix:
+        from aiosmtpd.controller import UnixSocketController
+
+        class UnixCtl(UnixSocketController):
+            def factory(self):
+                return make_server()
+
+        ctl = UnixCtl(handler, unix_socket=args.unix, ready_timeout=30)
+        ctl.start()
+        # Reachable by a daemon that dropped root, as Dovecot's LMTP listener is made to be.
+        os.chmod(args.unix, 0o666)
+    else:
+        ctl = Ctl(handler, hostname=args.host, port=args.port, ready_timeout=30)
+        ctl.start()
     # Controller.start() opens one connection of its own to check the server is up.
     deadline = time.time() + 5
     while stats.open > 0 and time.time() < deadline:
@@ -191,7 +208,7 @@ def main():
         os.remove(stats.conn_log)
     stats.write()
     # With --port 0 the kernel picks a free port: no race with other tests for it.
-    port = ctl.server.sockets[0].getsockname()[1]
+    port = 0 if args.unix else ctl.server.sockets[0].getsockname()[1]
     print(f"ready {port}", flush=True)
     try:
         while True:

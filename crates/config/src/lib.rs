@@ -52,6 +52,9 @@ pub struct Smtp {
     pub max_connections_per_client: usize,
     pub max_errors: u32,
     pub relay_networks: Vec<Cidr>,
+    /// Clients not held to `max_connections_per_client`; `None`: the relay networks (like
+    /// Postfix's smtpd_client_event_limit_exceptions = $mynetworks).
+    pub connection_limit_exceptions: Option<Vec<Cidr>>,
     pub relay_domains: Vec<String>,
     pub banner: String,
     pub greeting_delay: Duration,
@@ -219,6 +222,7 @@ impl Default for Config {
                     "127.0.0.0/8".parse().expect("literal"),
                     "::1/128".parse().expect("literal"),
                 ],
+                connection_limit_exceptions: None,
                 relay_domains: Vec::new(),
                 banner: "ESMTP postrider".into(),
                 greeting_delay: Duration::ZERO,
@@ -323,6 +327,15 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl Smtp {
+    /// The networks exempt from the per-client connection limit.
+    pub fn connection_limit_exceptions(&self) -> &[Cidr] {
+        self.connection_limit_exceptions
+            .as_deref()
+            .unwrap_or(&self.relay_networks)
+    }
+}
+
 impl Config {
     /// Where to read the configuration from: `-c FILE`, else `$POSTRIDER_CONFIG`, else
     /// `/etc/postrider/postrider.toml` if it exists, else nothing (embedded defaults).
@@ -415,6 +428,7 @@ const SMTP: &[&str] = &[
     "max_connections_per_client",
     "max_errors",
     "relay_networks",
+    "connection_limit_exceptions",
     "relay_domains",
     "banner",
     "greeting_delay",
@@ -797,6 +811,13 @@ impl Walker<'_> {
                     &mut s.relay_networks,
                     self.list(v, key, |w, i| w.parsed(i, key, |x| x.parse::<Cidr>())),
                 ),
+                "connection_limit_exceptions" => {
+                    if let Some(l) =
+                        self.list(v, key, |w, i| w.parsed(i, key, |x| x.parse::<Cidr>()))
+                    {
+                        s.connection_limit_exceptions = Some(l);
+                    }
+                }
                 "relay_domains" => set(&mut s.relay_domains, self.domains(v, key)),
                 "banner" => set(&mut s.banner, self.string(v, key).map(str::to_string)),
                 "greeting_delay" => set(&mut s.greeting_delay, self.duration(v, key)),
@@ -1172,6 +1193,29 @@ metrics = "127.0.0.1:9525"
         assert!(lines[2].starts_with("bad.toml:5:") && lines[2].contains("smtp.command_timeout"));
         assert!(lines[3].starts_with("bad.toml:6:") && lines[3].contains("/33"));
         assert!(lines[4].starts_with("bad.toml:8:") && lines[4].contains("delivery.port"));
+    }
+
+    #[test]
+    fn connection_limit_exceptions_default_to_the_relay_networks() {
+        let c = Config::parse("[smtp]\nrelay_networks = [\"192.0.2.0/24\"]\n", "t.toml").unwrap();
+        let ex = c.smtp.connection_limit_exceptions();
+        assert!(ex.len() == 1 && ex[0].contains("192.0.2.9".parse().unwrap()));
+        let c = Config::parse(
+            "[smtp]\nrelay_networks = [\"192.0.2.0/24\"]\nconnection_limit_exceptions = []\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.smtp.connection_limit_exceptions().is_empty());
+        let errs = Config::parse(
+            "[smtp]\nconnection_limit_exceptions = [\"10.0.0.0/40\"]\n",
+            "bad.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errs.starts_with("bad.toml:2:") && errs.contains("smtp.connection_limit_exceptions"),
+            "{errs}"
+        );
     }
 
     #[test]

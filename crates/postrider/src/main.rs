@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod deliver;
 mod dsn;
+mod interfaces;
 mod local;
 mod metrics;
 mod milter;

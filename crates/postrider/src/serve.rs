@@ -26,6 +26,9 @@ pub fn init_logging(cfg: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // Colour escapes are for a person at a terminal; in a file or the journal they are
+        // noise that breaks grep.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if cfg.log.format == config::LogFormat::Json {
         builder.json().init();
@@ -55,8 +58,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
 
     let mut listeners = Vec::new();
     for addr in &cfg.smtp.listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
+        let l = bind_listener(*addr)
             .with_context(|| format!("smtp.listen: cannot listen on {addr}"))?;
         info!("listening on {addr}");
         listeners.push(l);
@@ -68,7 +70,8 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         _ => None,
     };
     let counters = Arc::new(crate::metrics::Counters::default());
-    let (mut manager, queue) = queue_manager(&cfg, &spool, &counters)?;
+    let host_addresses = resolver::HostAddresses::new(crate::interfaces::read());
+    let (mut manager, queue) = queue_manager(&cfg, &spool, &counters, &host_addresses)?;
     manager.recover(recovery.messages, recovery.schedules);
     info!("recovery took {} ms", started.elapsed().as_millis());
 
@@ -85,6 +88,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         limits: ConnLimits::new(
             cfg.smtp.max_connections,
             cfg.smtp.max_connections_per_client,
+            cfg.smtp.connection_limit_exceptions(),
         ),
         counters: counters.clone(),
     });
@@ -135,6 +139,9 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         local,
         shutdown.clone(),
     ));
+    if cfg.smtp.listen.iter().any(|a| a.ip().is_unspecified()) {
+        tokio::spawn(crate::interfaces::watch(host_addresses, shutdown.clone()));
+    }
     let mut accepts = Vec::new();
     for l in listeners {
         accepts.push(tokio::spawn(server::accept_loop(
@@ -175,6 +182,23 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     spool.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// A listening socket the way Postfix makes one: SO_REUSEADDR so a restart does not wait
+/// for old connections in TIME_WAIT, and IPV6_V6ONLY on IPv6 so `[::]:25` and `0.0.0.0:25`
+/// can both be listened on (without it the IPv6 wildcard also claims IPv4, and the second
+/// bind fails with "Address already in use").
+fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 /// Switches to `user` (when started as root): the spool is handed to that user first, so
@@ -306,10 +330,16 @@ fn fixed_at_start(new: &Config, running: &Config) -> Vec<&'static str> {
             differ(&n.smtp.max_connections, &r.smtp.max_connections),
         ),
         (
-            "smtp.max_connections_per_client",
+            "smtp.max_connections_per_client/connection_limit_exceptions",
             differ(
-                &n.smtp.max_connections_per_client,
-                &r.smtp.max_connections_per_client,
+                &(
+                    n.smtp.max_connections_per_client,
+                    n.smtp.connection_limit_exceptions(),
+                ),
+                &(
+                    r.smtp.max_connections_per_client,
+                    r.smtp.connection_limit_exceptions(),
+                ),
             ),
         ),
         (
@@ -353,9 +383,13 @@ fn queue_manager(
     cfg: &Config,
     spool: &spool::Spool,
     counters: &Arc<crate::metrics::Counters>,
+    host_addresses: &resolver::HostAddresses,
 ) -> anyhow::Result<(Manager, QueueHandle)> {
-    let resolver =
-        resolver::Resolver::new(resolver_config(cfg)).context("setting up the resolver")?;
+    let resolver = resolver::Resolver::new(resolver::ResolverConfig {
+        host_addresses: host_addresses.clone(),
+        ..resolver_config(cfg)
+    })
+    .context("setting up the resolver")?;
     let deliverer = Arc::new(Deliverer {
         resolver,
         spool: spool.clone(),
@@ -407,7 +441,8 @@ pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
         };
         info!("spool {}: {}", cfg.spool.display(), recovery.report);
         let counters = Arc::new(crate::metrics::Counters::default());
-        let (mut manager, _queue) = queue_manager(&cfg, &spool, &counters)?;
+        let host_addresses = resolver::HostAddresses::new(crate::interfaces::read());
+        let (mut manager, _queue) = queue_manager(&cfg, &spool, &counters, &host_addresses)?;
         manager.recover(recovery.messages, recovery.schedules);
         manager.run_once().await;
         spool.shutdown().await;
@@ -462,5 +497,6 @@ pub fn resolver_config(cfg: &Config) -> resolver::ResolverConfig {
         srv: cfg.delivery.srv,
         self_addresses: cfg.delivery.self_addresses.clone(),
         listen: cfg.smtp.listen.clone(),
+        host_addresses: resolver::HostAddresses::default(),
     }
 }

@@ -219,7 +219,7 @@ fn relay_tricks_are_denied_for_untrusted_clients() {
 #[test]
 fn limits_and_hostile_clients() {
     let d = Daemon::start(&format!(
-        "{NO_DELIVERY}[smtp]\nmax_message_size = \"10KB\"\nmax_recipients = 3\nmax_errors = 3\nmax_connections_per_client = 4\ncommand_timeout = \"2s\"\n"
+        "{NO_DELIVERY}[smtp]\nmax_message_size = \"10KB\"\nmax_recipients = 3\nmax_errors = 3\nmax_connections_per_client = 4\nconnection_limit_exceptions = []\ncommand_timeout = \"2s\"\n"
     ));
     // SIZE announced and enforced, declared and actual.
     let mut c = Raw::connect(d.port);
@@ -291,7 +291,7 @@ fn early_talkers_are_rejected() {
 #[test]
 fn slow_clients_do_not_starve_others() {
     let d = Daemon::start(&format!(
-        "{NO_DELIVERY}[smtp]\nmax_connections_per_client = 20\n"
+        "{NO_DELIVERY}[smtp]\nmax_connections_per_client = 20\nconnection_limit_exceptions = []\n"
     ));
     // Twenty slow-loris clients from one loopback address dribble bytes.
     let slow: Vec<std::net::TcpStream> = (0..40)

@@ -55,6 +55,78 @@ pub struct ResolverConfig {
     pub self_addresses: Vec<IpAddr>,
     /// Our own SMTP listeners: a destination equal to one of them is a loop.
     pub listen: Vec<SocketAddr>,
+    /// The addresses of this host's interfaces, kept current by the daemon: a wildcard
+    /// listener answers on exactly these (and on loopback).
+    pub host_addresses: HostAddresses,
+}
+
+/// This host's interface addresses as last read, shared between whoever re-reads them (the
+/// daemon, when interfaces change) and the loop check. The resolver makes no OS calls for
+/// them, so the loop decision stays a pure function of what it is given.
+#[derive(Debug, Clone, Default)]
+pub struct HostAddresses(Arc<std::sync::RwLock<Arc<Vec<IpAddr>>>>);
+
+impl HostAddresses {
+    pub fn new(mut addrs: Vec<IpAddr>) -> Self {
+        // Kept sorted and unique, so `set` can tell a real change from a reordering.
+        addrs.sort();
+        addrs.dedup();
+        HostAddresses(Arc::new(std::sync::RwLock::new(Arc::new(addrs))))
+    }
+
+    /// Replaces the list; `true` when it changed.
+    pub fn set(&self, mut addrs: Vec<IpAddr>) -> bool {
+        addrs.sort();
+        addrs.dedup();
+        let mut cur = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if **cur == addrs {
+            return false;
+        }
+        *cur = Arc::new(addrs);
+        true
+    }
+
+    pub fn get(&self) -> Arc<Vec<IpAddr>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Whether an SMTP connection to `addr` would reach this host's own listeners (a mail loop).
+///
+/// `self_addresses` are ours on any port. A listener on a specific address is reached only
+/// there. A wildcard listener (`0.0.0.0`, `[::]`, bound IPV6_V6ONLY) is reached on its port
+/// at every address of this host's interfaces in its family, and on the whole loopback range
+/// (127.0.0.0/8 or ::1) — not at any address whatever, which would make every remote MX on
+/// port 25 look like us.
+pub fn is_self(
+    addr: SocketAddr,
+    self_addresses: &[IpAddr],
+    listen: &[SocketAddr],
+    host_addresses: &[IpAddr],
+) -> bool {
+    let ip = canonical(addr.ip());
+    if self_addresses.iter().any(|a| canonical(*a) == ip) {
+        return true;
+    }
+    listen.iter().filter(|l| l.port() == addr.port()).any(|l| {
+        let lip = canonical(l.ip());
+        if !lip.is_unspecified() {
+            return lip == ip;
+        }
+        lip.is_ipv4() == ip.is_ipv4()
+            && (ip.is_loopback() || host_addresses.iter().any(|h| canonical(*h) == ip))
+    })
+}
+
+/// IPv4-mapped IPv6 addresses are the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 impl Default for ResolverConfig {
@@ -73,6 +145,7 @@ impl Default for ResolverConfig {
             srv: false,
             self_addresses: Vec::new(),
             listen: Vec::new(),
+            host_addresses: HostAddresses::default(),
         }
     }
 }
@@ -318,15 +391,13 @@ impl Inner {
         self.lock_in_flight().remove(key).unwrap_or_default()
     }
 
-    fn is_self(&self, addr: SocketAddr, smtp: bool) -> bool {
-        if self.cfg.self_addresses.contains(&addr.ip()) {
-            return true;
-        }
-        smtp && self
-            .cfg
-            .listen
-            .iter()
-            .any(|l| l.port() == addr.port() && (l.ip() == addr.ip() || l.ip().is_unspecified()))
+    fn is_self(&self, addr: SocketAddr) -> bool {
+        is_self(
+            addr,
+            &self.cfg.self_addresses,
+            &self.cfg.listen,
+            &self.cfg.host_addresses.get(),
+        )
     }
 
     /// `resolve` without coalescing; `domain` is already lower case without a final dot.
@@ -380,7 +451,7 @@ impl Inner {
     ) -> Result<Vec<Destination>, Failure> {
         let before = dests.len();
         dests.retain(|d| match d {
-            Destination::Smtp { addr, .. } => !self.is_self(*addr, true),
+            Destination::Smtp { addr, .. } => !self.is_self(*addr),
             _ => true,
         });
         if dests.is_empty() && before > 0 {
@@ -528,7 +599,7 @@ impl Inner {
                 Addrs::Found(ips) => {
                     for ip in ips {
                         let addr = SocketAddr::new(ip, self.cfg.port);
-                        if self.is_self(addr, true) {
+                        if self.is_self(addr) {
                             self_pref = Some(self_pref.map_or(*pref, |p| p.min(*pref)));
                         }
                         out.push((
@@ -731,6 +802,75 @@ mod tests {
             let s = first_share(&counts, n, 3000);
             assert!((0.28..=0.39).contains(&s), "{n} first {s}");
         }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_not_every_address_on_its_port() {
+        let listen = [sa("0.0.0.0:25"), sa("[::]:25")];
+        let host = ips(&["192.0.2.25", "2001:db8::25", "127.0.0.1", "::1"]);
+        // Remote MX hosts on port 25 are not us.
+        for remote in ["198.51.100.10:25", "[2001:db8:1::25]:25", "203.0.113.1:25"] {
+            assert!(!is_self(sa(remote), &[], &listen, &host), "{remote}");
+        }
+        // Our interface addresses and all of loopback on the wildcard's port are.
+        for ours in [
+            "192.0.2.25:25",
+            "[2001:db8::25]:25",
+            "127.0.0.1:25",
+            "127.3.4.5:25",
+            "[::1]:25",
+            "[::ffff:192.0.2.25]:25",
+        ] {
+            assert!(is_self(sa(ours), &[], &listen, &host), "{ours}");
+        }
+        // Another port on our own address is another service, not a loop.
+        assert!(!is_self(sa("192.0.2.25:2525"), &[], &listen, &host));
+    }
+
+    #[test]
+    fn a_wildcard_covers_only_its_own_family() {
+        let host = ips(&["192.0.2.25", "2001:db8::25"]);
+        let v4_only = [sa("0.0.0.0:25")];
+        assert!(is_self(sa("192.0.2.25:25"), &[], &v4_only, &host));
+        assert!(!is_self(sa("[2001:db8::25]:25"), &[], &v4_only, &host));
+        assert!(!is_self(sa("[::1]:25"), &[], &v4_only, &host));
+        let v6_only = [sa("[::]:25")];
+        assert!(is_self(sa("[2001:db8::25]:25"), &[], &v6_only, &host));
+        assert!(!is_self(sa("192.0.2.25:25"), &[], &v6_only, &host));
+    }
+
+    #[test]
+    fn specific_listeners_and_self_addresses() {
+        let listen = [sa("127.0.0.1:2525")];
+        assert!(is_self(sa("127.0.0.1:2525"), &[], &listen, &[]));
+        assert!(!is_self(sa("127.0.0.2:2525"), &[], &listen, &[]));
+        assert!(!is_self(sa("127.0.0.1:2526"), &[], &listen, &[]));
+        // delivery.self_addresses: ours on any port (a NAT front end forwarding to us).
+        let nat = ips(&["203.0.113.7"]);
+        assert!(is_self(sa("203.0.113.7:25"), &nat, &listen, &[]));
+        assert!(is_self(sa("203.0.113.7:587"), &nat, &listen, &[]));
+    }
+
+    #[test]
+    fn host_addresses_follow_interface_changes() {
+        let h = HostAddresses::new(ips(&["192.0.2.25", "127.0.0.1", "192.0.2.25"]));
+        assert!(
+            !h.set(ips(&["127.0.0.1", "192.0.2.25"])),
+            "the same set, reordered"
+        );
+        let listen = [sa("0.0.0.0:25")];
+        assert!(!is_self(sa("192.0.2.26:25"), &[], &listen, &h.get()));
+        assert!(h.set(ips(&["192.0.2.26", "192.0.2.25"])));
+        assert!(!h.set(ips(&["192.0.2.25", "192.0.2.26", "192.0.2.25"])));
+        assert!(is_self(sa("192.0.2.26:25"), &[], &listen, &h.get()));
     }
 
     /// A resolver whose name server never answers, so every lookup lasts `timeout`.

@@ -1,10 +1,14 @@
 //! Connection admission: a bound on connections overall and per client address, so a flood
-//! from one client cannot starve the others. The counters have one owner (this struct, behind
+//! from one client cannot starve the others. Trusted clients (by default the relay networks,
+//! as Postfix exempts $mynetworks) are held only to the overall bound: an internal relay or
+//! an application server legitimately opens many sessions at once. The counters have one owner (this struct, behind
 //! a std mutex held only for a map update, never across an await).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+use config::Cidr;
 
 #[derive(Debug)]
 struct Counts {
@@ -16,6 +20,7 @@ struct Counts {
 pub struct ConnLimits {
     max_total: usize,
     max_per_ip: usize,
+    exceptions: Arc<[Cidr]>,
     counts: Arc<Mutex<Counts>>,
 }
 
@@ -34,10 +39,12 @@ pub struct Permit {
 }
 
 impl ConnLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+    /// `exceptions`: clients not held to `max_per_ip`.
+    pub fn new(max_total: usize, max_per_ip: usize, exceptions: &[Cidr]) -> Self {
         ConnLimits {
             max_total,
             max_per_ip,
+            exceptions: exceptions.into(),
             counts: Arc::new(Mutex::new(Counts {
                 total: 0,
                 per_ip: HashMap::new(),
@@ -52,6 +59,7 @@ impl ConnLimits {
 
     pub fn admit(&self, ip: IpAddr) -> Result<Permit, Refusal> {
         let ip = canonical(ip);
+        let exempt = self.exceptions.iter().any(|c| c.contains(ip));
         // A poisoned lock only means another thread panicked mid-update of two integers;
         // the counts are still usable.
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
@@ -59,7 +67,7 @@ impl ConnLimits {
             return Err(Refusal::TooManyOverall);
         }
         let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= self.max_per_ip && !exempt {
             return Err(Refusal::TooManyFromClient);
         }
         *n += 1;
@@ -98,7 +106,7 @@ mod tests {
 
     #[test]
     fn limits_overall_and_per_client() {
-        let l = ConnLimits::new(3, 2);
+        let l = ConnLimits::new(3, 2, &[]);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let p1 = l.admit(a).unwrap();
@@ -111,5 +119,25 @@ mod tests {
         drop(p1);
         assert_eq!(l.open(), 2);
         assert!(l.admit(a).is_ok());
+    }
+
+    #[test]
+    fn exceptions_skip_the_per_client_limit_only() {
+        let trusted: Cidr = "192.0.2.0/24".parse().unwrap();
+        let l = ConnLimits::new(5, 1, &[trusted]);
+        let relay: IpAddr = "192.0.2.10".parse().unwrap();
+        let outside: IpAddr = "198.51.100.99".parse().unwrap();
+        let mut held: Vec<Permit> = (0..3).map(|_| l.admit(relay).unwrap()).collect();
+        // An IPv4-mapped address of a trusted client is trusted too.
+        held.push(l.admit("::ffff:192.0.2.10".parse().unwrap()).unwrap());
+        held.push(l.admit(outside).unwrap());
+        assert_eq!(l.admit(outside).unwrap_err(), Refusal::TooManyOverall);
+        assert_eq!(l.admit(relay).unwrap_err(), Refusal::TooManyOverall);
+        held.truncate(3);
+        let _o1 = l.admit(outside).unwrap();
+        assert_eq!(l.admit(outside).unwrap_err(), Refusal::TooManyFromClient);
+        // Trusted sessions ending give their slots back like any other.
+        drop(held);
+        assert_eq!(l.open(), 1);
     }
 }
