@@ -307,7 +307,7 @@ fn guide_local_domain_delivers_over_lmtp_as_written() {
     let lmtp = world.lmtp_unix_sink(&dir.path().join("dovecot-lmtp"));
     let config = [
         guide_block("listen = [\"0.0.0.0:25\""),
-        guide_block("[local]"),
+        guide_block("[local]\ndomains"),
     ]
     .map(|b| map_paths(&b, dir.path()))
     .join("\n");
