@@ -13,15 +13,16 @@ use std::time::Duration;
 use common::netns::*;
 use common::{repo_root, wait_for};
 
-/// The ```toml blocks of the operator guide, in document order.
-fn guide_blocks() -> Vec<String> {
+/// The operator guide's blocks fenced with the info string `lang`, in document order.
+fn guide_fenced(lang: &str) -> Vec<String> {
     let text = std::fs::read_to_string(repo_root().join("docs/operator-guide.md"))
         .expect("read docs/operator-guide.md");
+    let open = format!("```{lang}");
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         match &mut current {
-            None if line.trim_start() == "```toml" => current = Some(String::new()),
+            None if line.trim_start() == open => current = Some(String::new()),
             Some(b) if line.trim_start() == "```" => {
                 blocks.push(std::mem::take(b));
                 current = None;
@@ -33,8 +34,27 @@ fn guide_blocks() -> Vec<String> {
             None => {}
         }
     }
-    assert!(current.is_none(), "an unterminated ```toml block");
+    assert!(current.is_none(), "an unterminated {open} block");
     blocks
+}
+
+/// The ```toml blocks of the operator guide, in document order.
+fn guide_blocks() -> Vec<String> {
+    guide_fenced("toml")
+}
+
+/// The one ```conf block (a peer's configuration the guide shows) that contains `needle`.
+fn guide_conf(needle: &str) -> String {
+    let found: Vec<String> = guide_fenced("conf")
+        .into_iter()
+        .filter(|b| b.contains(needle))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "conf blocks containing {needle:?}: {found:?}"
+    );
+    found.into_iter().next().unwrap()
 }
 
 /// The one block that contains `needle`.
@@ -48,14 +68,13 @@ fn guide_block(needle: &str) -> String {
 }
 
 /// The only changes made to a documented block: the paths it names that must exist are moved
-/// into the test's directory (the spool, /etc/postrider's files, Dovecot's socket). Nothing
-/// else is touched, so what runs is what the guide says.
+/// into the test's directory (the spool, /etc/postrider's files, Dovecot's sockets). Nothing else is touched, so what runs is what the guide says.
 fn map_paths(block: &str, dir: &Path) -> String {
     let d = dir.display();
     block
         .replace("/var/spool/postrider", &format!("{d}/spool"))
         .replace("/etc/postrider/", &format!("{d}/etc/"))
-        .replace("/run/dovecot/lmtp", &format!("{d}/dovecot-lmtp"))
+        .replace("/run/dovecot/", &format!("{d}/dovecot/"))
 }
 
 /// The files the guide's blocks name under /etc/postrider, made in `dir/etc`.
@@ -301,10 +320,40 @@ fn relay_clients_are_exempt_from_the_per_client_limit() {
 
 #[test]
 fn guide_local_domain_delivers_over_lmtp_as_written() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
     let world = World::new();
     let dir = NsDaemon::dir();
     make_etc(dir.path());
-    let lmtp = world.lmtp_unix_sink(&dir.path().join("dovecot-lmtp"));
+    // Dovecot on the daemon's host, its listener as the guide configures it; its base_dir is
+    // where the guide's /run/dovecot is mapped to.
+    let dovecot = common::dovecot::Dovecot::start(
+        &format!("protocols = lmtp\n{}", guide_conf("service lmtp")),
+        Some(&dir.path().join("dovecot")),
+        Some(&world.srv),
+    );
+    let socket = dovecot.socket();
+    assert_eq!(
+        map_paths("/run/dovecot/lmtp", dir.path()),
+        socket.display().to_string()
+    );
+    // Only the daemon's user may connect: what works below works because the guide says so.
+    let meta = std::fs::metadata(&socket).unwrap();
+    let daemon = common::users::ensure(common::users::DAEMON_USER);
+    assert_eq!(
+        (meta.uid(), meta.permissions().mode() & 0o777),
+        (daemon.uid, 0o600)
+    );
+    let other = common::users::command_as(common::users::LOCAL_USER, common::PYTHON)
+        .args([
+            "-c",
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1]); print('connected')\nexcept PermissionError: print('refused')",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&other.stdout).trim(), "refused");
+
     let config = [
         guide_block("listen = [\"0.0.0.0:25\""),
         guide_block("[local]\ndomains"),
@@ -312,6 +361,7 @@ fn guide_local_domain_delivers_over_lmtp_as_written() {
     .map(|b| map_paths(&b, dir.path()))
     .join("\n");
     let d = NsDaemon::start(&world, dir, &config, &["0.0.0.0:25", "[::]:25"]);
+    assert!(d.log().contains("running as user postrider"), "{}", d.log());
     // Local domains take mail from anyone, also from outside the relay network.
     let from = ["-f", "someone@client.example"];
     sent(&world.swaks(
@@ -331,15 +381,52 @@ fn guide_local_domain_delivers_over_lmtp_as_written() {
     );
     let text = String::from_utf8_lossy(&unknown.stdout);
     assert!(text.contains("550 5.1.1"), "{text}");
-    wait_for("LMTP deliveries", Duration::from_secs(30), || {
-        lmtp.rcpts().len() >= 3
-    });
-    assert_eq!(
-        lmtp.rcpts(),
-        ["alice@example.org", "alice@example.org", "bob@example.org"],
-        "{}",
-        d.log()
+    wait_for(
+        &format!(
+            "the mail in alice's and bob's Maildirs (logs: {} and {})",
+            d.dir.path().join("postrider.log").display(),
+            dovecot.log_path().display()
+        ),
+        Duration::from_secs(30),
+        || {
+            dovecot.maildir_messages("alice").len() >= 2
+                && !dovecot.maildir_messages("bob").is_empty()
+        },
     );
+    let read = |user: &str| -> Vec<String> {
+        let mut v: Vec<String> = dovecot
+            .maildir_messages(user)
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let alice = read("alice");
+    let bob = read("bob");
+    assert_eq!((alice.len(), bob.len()), (2, 1), "{}", d.log());
+    for msg in alice.iter().chain(&bob) {
+        // Dovecot's trace: the envelope came through LMTP intact, via postrider.
+        assert!(
+            msg.contains("Return-Path: <someone@client.example>")
+                && msg.contains("by mx.example.org (postrider)"),
+            "{msg}"
+        );
+    }
+    // The alias went out as one LMTP transaction to both (Dovecot then names no single
+    // Delivered-To); the direct message to alice alone.
+    let to = |msgs: &[String], header: &str| msgs.iter().filter(|m| m.contains(header)).count();
+    assert_eq!(to(&alice, "To: team@example.org"), 1, "{alice:?}");
+    assert_eq!(
+        to(&alice, "Delivered-To: alice@example.org"),
+        1,
+        "{alice:?}"
+    );
+    assert_eq!(to(&bob, "To: team@example.org"), 1, "{bob:?}");
+    assert!(dovecot.maildir_messages("nobody").is_empty());
+    wait_for("an empty queue", Duration::from_secs(10), || {
+        d.queue_json().as_array().is_some_and(Vec::is_empty)
+    });
     no_ansi(&d.log());
 }
 
