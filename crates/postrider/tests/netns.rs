@@ -68,13 +68,15 @@ fn guide_block(needle: &str) -> String {
 }
 
 /// The only changes made to a documented block: the paths it names that must exist are moved
-/// into the test's directory (the spool, /etc/postrider's files, Dovecot's sockets). Nothing else is touched, so what runs is what the guide says.
+/// into the test's directory (the spool, /etc/postrider's files, Dovecot's sockets, OpenDKIM's
+/// keys). Nothing else is touched, so what runs is what the guide says.
 fn map_paths(block: &str, dir: &Path) -> String {
     let d = dir.display();
     block
         .replace("/var/spool/postrider", &format!("{d}/spool"))
         .replace("/etc/postrider/", &format!("{d}/etc/"))
         .replace("/run/dovecot/", &format!("{d}/dovecot/"))
+        .replace("/etc/opendkim/keys", &format!("{d}/opendkim"))
 }
 
 /// The files the guide's blocks name under /etc/postrider, made in `dir/etc`.
@@ -428,6 +430,114 @@ fn guide_local_domain_delivers_over_lmtp_as_written() {
         d.queue_json().as_array().is_some_and(Vec::is_empty)
     });
     no_ansi(&d.log());
+}
+
+#[test]
+fn guide_milter_block_signs_with_opendkim_as_written() {
+    let world = World::new();
+    let mx4 = world.sink(MX4, 25, &[]);
+    let dir = NsDaemon::dir();
+    make_etc(dir.path());
+    let keys = dir.path().join("opendkim");
+    std::fs::create_dir(&keys).unwrap();
+    // The guide's OpenDKIM configuration, its key made the way its comment says.
+    let dkim_conf = map_paths(&guide_conf("InternalHosts"), dir.path());
+    let genkey = dkim_conf
+        .lines()
+        .find_map(|l| l.split_once("keys from: ").map(|(_, cmd)| cmd.trim()))
+        .expect("the opendkim-genkey command in the guide's comment");
+    let genkey = map_paths(genkey, dir.path());
+    let argv: Vec<&str> = genkey.split_whitespace().collect();
+    let st = Command::new(argv[0])
+        .args(&argv[1..])
+        .status()
+        .expect("opendkim-genkey (package opendkim-tools)");
+    assert!(st.success(), "{genkey}");
+    let conf = keys.join("opendkim.conf");
+    // Test-only: the key sits under a temp dir, which opendkim would call unsafe.
+    std::fs::write(&conf, format!("{dkim_conf}RequireSafeKeys false\n")).unwrap();
+    let _dkim = common::Proc(
+        world
+            .srv
+            .exec("opendkim")
+            .args(["-f", "-x"])
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(keys.join("opendkim.log")).unwrap())
+            .spawn()
+            .expect("opendkim"),
+    );
+    wait_for(
+        "opendkim on 127.0.0.1:8891",
+        Duration::from_secs(20),
+        || world.srv.listening(8891, false),
+    );
+
+    let config = [
+        guide_block("listen = [\"0.0.0.0:25\""),
+        guide_block("[[milter]]"),
+    ]
+    .map(|b| map_paths(&b, dir.path()))
+    .join("\n");
+    let d = NsDaemon::start(&world, dir, &config, &["0.0.0.0:25", "[::]:25"]);
+    // From the relay network over IPv4 and IPv6: both are OpenDKIM's InternalHosts.
+    for (source, server, to) in [
+        (RELAY_CLIENT, SRV_V4, "a@v4.example"),
+        ("2001:db8::2", SRV_V6, "b@v4.example"),
+    ] {
+        sent(&world.swaks(
+            source,
+            server,
+            &[
+                "-f",
+                "alice@example.org",
+                "-t",
+                to,
+                "--header",
+                "Subject: signed",
+            ],
+        ));
+    }
+    wait_for("two messages at the MX", Duration::from_secs(30), || {
+        mx4.texts().len() >= 2
+    });
+    let record = std::fs::read_to_string(keys.join("mail.txt")).unwrap();
+    for text in mx4.texts() {
+        assert!(
+            text.contains("DKIM-Signature:") && text.contains("d=example.org"),
+            "{text}\n{}",
+            d.log()
+        );
+        assert_eq!(dkim_verify(&text, &record), "verified", "{text}");
+    }
+    no_ansi(&d.log());
+}
+
+/// dkimpy's verdict on `message` with the public key of `record` (opendkim-genkey's .txt
+/// file) standing in for DNS.
+fn dkim_verify(message: &str, record: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("msg"), message).unwrap();
+    std::fs::write(dir.path().join("txt"), record).unwrap();
+    let out = Command::new(common::PYTHON)
+        .arg("-c")
+        .arg(
+            "import dkim,sys,re\n\
+             txt=open(sys.argv[2]).read()\n\
+             rec=''.join(re.findall(r'\"([^\"]*)\"', txt)).encode()\n\
+             msg=open(sys.argv[1],'rb').read()\n\
+             ok=dkim.verify(msg, dnsfunc=lambda name, timeout=5: rec)\n\
+             print('verified' if ok else 'FAILED')\n",
+        )
+        .arg(dir.path().join("msg"))
+        .arg(dir.path().join("txt"))
+        .output()
+        .expect("python3-dkim");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
