@@ -1,0 +1,395 @@
+//! Local users against the daemon, deployed the way the operator guide says: started as root
+//! with `user = "postrider"`. An unprivileged local user plants links in `pickup/` (the one
+//! spool directory local users can write), fights over the lock, and tries to read or link
+//! queued mail; the daemon must start and serve, change nothing outside its spool, and keep
+//! everyone's mail to itself.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::users::{self, DAEMON_USER, LOCAL_USER, OTHER_USER};
+use common::{Daemon, Raw, wait_for};
+
+/// Runs `script` with `sh -c` as `user`.
+fn sh_as(user: &str, script: &str) -> Output {
+    users::command_as(user, "/bin/sh")
+        .args(["-c", script])
+        .output()
+        .expect("run a shell as a local user")
+}
+
+/// A place for a spool the daemon's user and local users can reach, with root's things next
+/// to it that nothing may touch: `etc/` stands in for /etc (a link to the real one would
+/// hand the machine's /etc to the daemon user on a vulnerable build) and `secret` is a
+/// root-only file.
+struct World {
+    base: tempfile::TempDir,
+    spool: PathBuf,
+}
+
+impl World {
+    /// A spool as `sendmail` run by root leaves it before the daemon's first start: the
+    /// directory and a 1733 `pickup/`.
+    fn new() -> World {
+        users::ensure(DAEMON_USER);
+        users::ensure(LOCAL_USER);
+        users::ensure(OTHER_USER);
+        let base = tempfile::tempdir().expect("tempdir");
+        users::make_traversable(base.path());
+        let spool = base.path().join("spool");
+        std::fs::create_dir_all(spool.join("pickup")).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            spool.join("pickup"),
+            std::fs::Permissions::from_mode(0o1733),
+        )
+        .unwrap();
+        let etc = base.path().join("etc");
+        std::fs::create_dir_all(etc.join("ssl")).unwrap();
+        std::fs::write(etc.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::write(etc.join("ssl/key.pem"), "not a key\n").unwrap();
+        std::fs::set_permissions(
+            etc.join("ssl/key.pem"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::write(base.path().join("secret"), "root's eyes only\n").unwrap();
+        std::fs::set_permissions(
+            base.path().join("secret"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        World { base, spool }
+    }
+
+    fn etc(&self) -> PathBuf {
+        self.base.path().join("etc")
+    }
+
+    fn secret(&self) -> PathBuf {
+        self.base.path().join("secret")
+    }
+
+    /// Owner, group and mode of everything outside the spool the daemon might reach: the
+    /// stand-in /etc (all of it), the secret, the world's base, and /etc with its entries.
+    fn snapshot(&self) -> Vec<(PathBuf, u32, u32, u32)> {
+        fn stat(p: &Path, out: &mut Vec<(PathBuf, u32, u32, u32)>) {
+            if let Ok(m) = std::fs::symlink_metadata(p) {
+                out.push((p.to_path_buf(), m.uid(), m.gid(), m.mode()));
+            }
+        }
+        fn walk(p: &Path, out: &mut Vec<(PathBuf, u32, u32, u32)>) {
+            stat(p, out);
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), out);
+                    } else {
+                        stat(&e.path(), out);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.etc(), &mut out);
+        stat(&self.secret(), &mut out);
+        stat(self.base.path(), &mut out);
+        stat(Path::new("/etc"), &mut out);
+        for e in std::fs::read_dir("/etc").unwrap().flatten() {
+            stat(&e.path(), &mut out);
+        }
+        out.sort();
+        out
+    }
+
+    /// Starts the daemon as root on this spool, dropping to the daemon user.
+    fn daemon(&self) -> Daemon {
+        let d = Daemon::start(&format!(
+            "spool = \"{}\"\nuser = \"{DAEMON_USER}\"\n[delivery]\nenabled = false\n",
+            self.spool.display()
+        ));
+        // Local users run `postrider queue` and `sendmail` with this configuration.
+        users::make_traversable(d.dir.path());
+        std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        d
+    }
+}
+
+/// The daemon greets within `limit` and queues a message.
+fn serves_smtp(d: &Daemon, limit: Duration) {
+    let mut s = Raw::greeted_within(d.port, limit);
+    assert!(s.cmd("EHLO client.test").starts_with("250"));
+    assert!(s.cmd("MAIL FROM:<a@src.test>").starts_with("250"));
+    assert!(s.cmd("RCPT TO:<b@dst.test>").starts_with("250"));
+    assert!(s.cmd("DATA").starts_with("354"));
+    let r = s.cmd("Subject: still here\r\n\r\nhello\r\n.");
+    assert!(r.starts_with("250"), "{r}");
+}
+
+fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: local-user tests create users and start the daemon as root");
+    false
+}
+
+#[test]
+fn links_planted_in_pickup_change_nothing_outside_the_spool_and_do_not_stop_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let pickup = w.spool.join("pickup");
+    let plant = format!(
+        "cd {p} && ln -s {etc} x && ln -s /nonexistent/postrider-test dangling \
+         && ln -s .. up1 && ln -s .. up2 && ln -s {secret} secret",
+        p = pickup.display(),
+        etc = w.etc().display(),
+        secret = w.secret().display()
+    );
+    let out = sh_as(LOCAL_USER, &plant);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = w.snapshot();
+
+    let d = w.daemon();
+    serves_smtp(&d, Duration::from_secs(5));
+
+    assert_eq!(
+        w.snapshot(),
+        before,
+        "something outside the spool changed hands"
+    );
+    let daemon = users::ensure(DAEMON_USER);
+    for p in [w.spool.clone(), w.spool.join("pickup")] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (daemon.uid, daemon.gid),
+            "{}",
+            p.display()
+        );
+    }
+    // The daemon itself runs as its user (the spool was prepared before the switch).
+    let pid = d.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uids.split_whitespace()
+            .skip(1)
+            .all(|u| u == daemon.uid.to_string()),
+        "{uids}"
+    );
+}
+
+/// `flock -n PATH` as `user`, holding the lock until the returned child's stdin closes;
+/// `None` if the lock could not be taken.
+fn hold_lock(user: &str, path: &Path) -> Option<std::process::Child> {
+    let mut c = users::command_as(user, "/usr/bin/flock")
+        .arg("-n")
+        .arg(path)
+        .args(["-c", "echo held; read x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run flock");
+    let mut line = String::new();
+    use std::io::BufRead;
+    let _ = std::io::BufReader::new(c.stdout.take().unwrap()).read_line(&mut line);
+    if line.trim() == "held" {
+        Some(c)
+    } else {
+        let _ = c.wait();
+        None
+    }
+}
+
+#[test]
+fn a_local_user_cannot_take_or_hold_the_spool_lock() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    // A spool as older versions left it: world-readable, with a lock anyone can open.
+    for d in ["log", "content"] {
+        std::fs::create_dir_all(w.spool.join(d)).unwrap();
+        std::fs::set_permissions(w.spool.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(w.spool.join("lock"), "").unwrap();
+    std::fs::set_permissions(w.spool.join("lock"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let holder = hold_lock(LOCAL_USER, &w.spool.join("lock"));
+    assert!(
+        holder.is_some(),
+        "the old lock should be lockable by anyone"
+    );
+
+    let mut d = w.daemon();
+    serves_smtp(&d, Duration::from_secs(5));
+    drop(holder); // closes its stdin: flock exits
+
+    // A stopped daemon leaves nothing a local user can lock or create to keep it down.
+    assert!(d.terminate(Duration::from_secs(30)).success());
+    for p in [w.spool.join("lock"), w.spool.join("log/lock")] {
+        assert!(
+            hold_lock(LOCAL_USER, &p).is_none(),
+            "{} could be locked by a local user",
+            p.display()
+        );
+    }
+    let out = sh_as(LOCAL_USER, &format!("touch {}/log/lock", w.spool.display()));
+    assert!(!out.status.success());
+    d.restart();
+    serves_smtp(&d, Duration::from_secs(5));
+}
+
+#[test]
+fn queued_mail_is_readable_by_the_daemon_user_and_root_only() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let mut d = w.daemon();
+    // The first local user submits mail with sendmail (over SMTP, the daemon is up), one
+    // small message (in the log) and one big (its own content file).
+    for body in [
+        "Subject: private\n\nfor bob only\n".to_string(),
+        format!(
+            "Subject: big\n\n{}",
+            format!("{}\n", "x".repeat(70)).repeat(4500)
+        ),
+    ] {
+        let mut c = users::command_as(LOCAL_USER, env!("CARGO_BIN_EXE_postrider"))
+            .args(["sendmail", "bob@dst.test"])
+            .env("POSTRIDER_CONFIG", &d.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_for("both messages queued", Duration::from_secs(10), || {
+        d.queued() == 2
+    });
+
+    // What is on disk, as root sees it: the daemon's, private.
+    let daemon = users::ensure(DAEMON_USER);
+    let spool_meta = std::fs::metadata(&w.spool).unwrap();
+    assert_eq!(spool_meta.mode() & 0o7777, 0o711);
+    let mut files = Vec::new();
+    for sub in ["log", "content"] {
+        let m = std::fs::metadata(w.spool.join(sub)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (daemon.uid, 0o700), "{sub}");
+        for e in std::fs::read_dir(w.spool.join(sub)).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            assert_eq!(
+                (m.uid(), m.mode() & 0o7777),
+                (daemon.uid, 0o600),
+                "{}",
+                e.path().display()
+            );
+            files.push(e.path());
+        }
+    }
+    let sock = std::fs::symlink_metadata(w.spool.join("control.sock")).unwrap();
+    assert_eq!((sock.uid(), sock.mode() & 0o777), (daemon.uid, 0o600));
+    assert!(
+        files.iter().any(|f| f.starts_with(w.spool.join("content"))),
+        "{files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "seg")),
+        "{files:?}"
+    );
+
+    // Neither the sender nor anyone else reads, lists or links any of it.
+    for user in [LOCAL_USER, OTHER_USER] {
+        for f in &files {
+            let out = sh_as(user, &format!("cat {}", f.display()));
+            assert!(
+                !out.status.success() && out.stdout.is_empty(),
+                "{user} read {}",
+                f.display()
+            );
+            let out = sh_as(
+                user,
+                &format!("ln {} /tmp/pr-link-$$ && rm /tmp/pr-link-$$", f.display()),
+            );
+            assert!(!out.status.success(), "{user} hard-linked {}", f.display());
+        }
+        for dir in ["", "log", "content"] {
+            let out = sh_as(user, &format!("ls {}/{dir}", w.spool.display()));
+            assert!(
+                !out.status.success(),
+                "{user} listed {}/{dir}",
+                w.spool.display()
+            );
+        }
+        // Not through the daemon either...
+        let out = sh_as(
+            user,
+            &format!(
+                "{} queue list -c {}",
+                env!("CARGO_BIN_EXE_postrider"),
+                d.config.display()
+            ),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("bob@"),
+            "{user}: {err}"
+        );
+        assert!(
+            err.contains("permission denied") && err.contains("root"),
+            "{err}"
+        );
+    }
+    // ...nor from the spool while the daemon is down: a clear refusal, not an empty queue.
+    assert!(d.terminate(Duration::from_secs(30)).success());
+    let out = sh_as(
+        OTHER_USER,
+        &format!(
+            "{} queue list -c {}",
+            env!("CARGO_BIN_EXE_postrider"),
+            d.config.display()
+        ),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    assert!(
+        err.contains(&w.spool.display().to_string())
+            && err.contains(&format!("user '{DAEMON_USER}'"))
+            && err.contains("root"),
+        "{err}"
+    );
+    // Root still reads the queue offline.
+    let out = Command::new(env!("CARGO_BIN_EXE_postrider"))
+        .args(["queue", "--json", "list", "-c"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bob@dst.test"));
+}
