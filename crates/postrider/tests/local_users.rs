@@ -275,14 +275,17 @@ fn a_local_user_cannot_take_or_hold_the_spool_lock() {
 
     // A stopped daemon leaves nothing a local user can lock or create to keep it down.
     assert!(d.terminate(Duration::from_secs(30)).success());
-    for p in [w.spool.join("lock"), w.spool.join("log/lock")] {
+    for p in [w.spool.join("lock"), w.spool.join("daemon.lock")] {
         assert!(
             hold_lock(LOCAL_USER, &p).is_none(),
             "{} could be locked by a local user",
             p.display()
         );
     }
-    let out = sh_as(LOCAL_USER, &format!("touch {}/log/lock", w.spool.display()));
+    let out = sh_as(
+        LOCAL_USER,
+        &format!("touch {}/lock {0}/daemon.lock", w.spool.display()),
+    );
     assert!(!out.status.success());
     d.restart();
     serves_smtp(&d, Duration::from_secs(5));
@@ -344,6 +347,8 @@ fn queued_mail_is_readable_by_the_daemon_user_and_root_only() {
             files.push(e.path());
         }
     }
+    let lock = std::fs::metadata(w.spool.join("daemon.lock")).unwrap();
+    assert_eq!((lock.uid(), lock.mode() & 0o7777), (daemon.uid, 0o600));
     let sock = std::fs::symlink_metadata(w.spool.join("control.sock")).unwrap();
     assert_eq!((sock.uid(), sock.mode() & 0o777), (daemon.uid, 0o600));
     assert!(
@@ -357,8 +362,12 @@ fn queued_mail_is_readable_by_the_daemon_user_and_root_only() {
         "{files:?}"
     );
 
-    // Neither the sender nor anyone else reads, lists or links any of it.
+    // Neither the sender nor anyone else reads, lists or links any of it (the lock, in the
+    // traversable top directory, is only unreadable: whether a file one cannot read may be
+    // hard-linked is the kernel's fs.protected_hardlinks).
     for user in [LOCAL_USER, OTHER_USER] {
+        let out = sh_as(user, &format!("cat {}/daemon.lock", w.spool.display()));
+        assert!(!out.status.success(), "{user} opened the lock");
         for f in &files {
             let out = sh_as(user, &format!("cat {}", f.display()));
             assert!(
@@ -429,4 +438,38 @@ fn queued_mail_is_readable_by_the_daemon_user_and_root_only() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("bob@dst.test"));
+}
+
+#[test]
+fn local_users_still_reach_pickup_while_the_daemon_is_down() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let mut d = w.daemon();
+    assert!(d.terminate(Duration::from_secs(30)).success());
+    // The private spool must not lock local users out of `sendmail`'s fallback.
+    let mut c = users::command_as(LOCAL_USER, env!("CARGO_BIN_EXE_postrider"))
+        .args(["sendmail", "bob@dst.test"])
+        .env("POSTRIDER_CONFIG", &d.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: while down\n\nhello\n")
+        .unwrap();
+    // Its exit status is the pickup side's business (today it can report a temporary
+    // failure after the file was written); what matters here is that the mail gets in.
+    let _ = c.wait_with_output().unwrap();
+    d.restart();
+    wait_for(
+        "the pickup file in the queue",
+        Duration::from_secs(10),
+        || d.queued() == 1,
+    );
 }

@@ -45,9 +45,10 @@ fn err(context: String, e: Errno) -> SpoolError {
 /// Makes the spool's layout right: creates the spool directory, `log/` and `content/` with
 /// their modes, and sets the modes of existing ones. With `owner` (root preparing the spool
 /// for the user it is about to become), the directories and `pickup/` itself are given to
-/// that owner, and so are the regular files directly in `log/` and `content/` (left by a
-/// spool written as root), with their modes set to 0600. A lock file of older versions at
-/// the top is removed: anyone could open it, so anyone could hold it.
+/// that owner, and so are `daemon.lock` and the regular files directly in `log/` and
+/// `content/` (left by a spool written as root), with their modes set to 0600. The lock file
+/// of older versions (`lock`, world-readable) is removed: anyone could open it, so anyone
+/// could hold it, and a descriptor opened on it survives any chmod.
 pub fn prepare(dir: &Path, owner: Option<Owner>) -> Result<(), SpoolError> {
     if !dir.exists() {
         // The parents are the administrator's (`/var/spool`); they get the usual modes.
@@ -90,6 +91,13 @@ pub fn prepare(dir: &Path, owner: Option<Owner>) -> Result<(), SpoolError> {
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(err(format!("opening {} (not followed)", show("pickup")), e)),
         }
+        // Left by a daemon that ran as root: the user must be able to open it.
+        adopt(
+            &top,
+            std::ffi::OsStr::new("daemon.lock"),
+            &show("daemon.lock"),
+            o,
+        )?;
     }
     match unlinkat(&top, "lock", UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
@@ -155,56 +163,64 @@ fn adopt_files(fd: &OwnedFd, path: &Path, o: Owner) -> Result<(), SpoolError> {
         fs::read_dir(path).map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
     for e in rd {
         let e = e.map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
-        let name = e.file_name();
-        let shown = path.join(&name).display().to_string();
-        let st = match fstatat(fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::ENOENT) => continue,
-            Err(e) => return Err(err(format!("examining {shown}"), e)),
-        };
-        if !is_regular(&st) {
-            warn!("{shown} is not a regular file; left alone");
-            continue;
-        }
-        if st.st_uid == o.uid && st.st_gid == o.gid && st.st_mode & 0o7777 == FILE_MODE {
-            continue;
-        }
-        if st.st_mode & 0o7777 == FILE_MODE {
-            fchownat(
-                fd,
-                name.as_os_str(),
-                Some(Uid::from_raw(o.uid)),
-                Some(Gid::from_raw(o.gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| err(format!("giving {shown} to uid {}", o.uid), e))?;
-            continue;
-        }
-        // The mode can only be changed through a descriptor without following a link.
-        let f = match openat(
+        adopt(
             fd,
-            name.as_os_str(),
-            OFlag::O_RDONLY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_NONBLOCK
-                | OFlag::O_NOCTTY
-                | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(f) => f,
-            Err(Errno::ENOENT) => continue,
-            Err(e) => return Err(err(format!("opening {shown}"), e)),
-        };
-        let now = fstat(&f).map_err(|e| err(format!("examining {shown}"), e))?;
-        if !is_regular(&now) || now.st_ino != st.st_ino {
-            warn!("{shown} changed while being examined; left alone");
-            continue;
-        }
-        chown_fd(&f, o, &shown)?;
-        fchmod(&f, Mode::from_bits_truncate(FILE_MODE))
-            .map_err(|e| err(format!("setting the mode of {shown} to 600"), e))?;
+            &e.file_name(),
+            &path.join(e.file_name()).display().to_string(),
+            o,
+        )?;
     }
     Ok(())
+}
+
+/// Gives the entry `name` of `fd` to `o` with mode 0600 if it is a regular file (links and
+/// anything else are left alone); a missing entry is fine.
+fn adopt(fd: &OwnedFd, name: &std::ffi::OsStr, shown: &str, o: Owner) -> Result<(), SpoolError> {
+    let st = match fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(err(format!("examining {shown}"), e)),
+    };
+    if !is_regular(&st) {
+        warn!("{shown} is not a regular file; left alone");
+        return Ok(());
+    }
+    if st.st_uid == o.uid && st.st_gid == o.gid && st.st_mode & 0o7777 == FILE_MODE {
+        return Ok(());
+    }
+    if st.st_mode & 0o7777 == FILE_MODE {
+        return fchownat(
+            fd,
+            name,
+            Some(Uid::from_raw(o.uid)),
+            Some(Gid::from_raw(o.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| err(format!("giving {shown} to uid {}", o.uid), e));
+    }
+    // The mode can only be changed through a descriptor without following a link.
+    let f = match openat(
+        fd,
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(f) => f,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(err(format!("opening {shown}"), e)),
+    };
+    let now = fstat(&f).map_err(|e| err(format!("examining {shown}"), e))?;
+    if !is_regular(&now) || now.st_ino != st.st_ino {
+        warn!("{shown} changed while being examined; left alone");
+        return Ok(());
+    }
+    chown_fd(&f, o, shown)?;
+    fchmod(&f, Mode::from_bits_truncate(FILE_MODE))
+        .map_err(|e| err(format!("setting the mode of {shown} to 600"), e))
 }
 
 #[cfg(test)]
@@ -235,7 +251,7 @@ mod tests {
         assert_eq!(mode(&dir), 0o711);
         assert_eq!(mode(&dir.join("log")), 0o700);
         assert_eq!(mode(&dir.join("content")), 0o700);
-        assert_eq!(mode(&dir.join("log/lock")), 0o600);
+        assert_eq!(mode(&dir.join("daemon.lock")), 0o600);
         let files: Vec<_> = ["log", "content"]
             .iter()
             .flat_map(|d| fs::read_dir(dir.join(d)).unwrap())
@@ -299,6 +315,7 @@ mod tests {
         for d in ["log", "content", "pickup"] {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
+        fs::write(dir.join("daemon.lock"), "").unwrap();
         fs::write(dir.join("log/0000000000000001.seg"), "").unwrap();
         fs::set_permissions(
             dir.join("log/0000000000000001.seg"),
@@ -319,6 +336,7 @@ mod tests {
             "log",
             "content",
             "pickup",
+            "daemon.lock",
             "log/0000000000000001.seg",
             "content/S1",
         ] {

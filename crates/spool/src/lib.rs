@@ -3,7 +3,7 @@
 //! Layout under the spool directory:
 //!
 //! ```text
-//! log/lock          flock'd by the one process that owns the spool
+//! daemon.lock       flock'd by the one process that owns the spool (0600)
 //! log/N.seg         append-only segments of checksummed records (see `record`)
 //! content/ID        content of messages over the inline limit, fsync'd before its record
 //! ```
@@ -393,9 +393,10 @@ pub fn open(cfg: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = cfg.dir.clone();
     layout::prepare(&dir, None)?;
-    // Inside log/ (0700) and 0600: a lock anyone could open is a lock anyone could hold,
-    // keeping the daemon from starting.
-    let lock_path = dir.join("log").join("lock");
+    // 0600 from its creation: a lock anyone could open is a lock anyone could hold, keeping
+    // the daemon from starting. A new name: a descriptor opened on the old, world-readable
+    // `lock` would survive any chmod.
+    let lock_path = dir.join("daemon.lock");
     let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
