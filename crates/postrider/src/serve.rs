@@ -194,8 +194,10 @@ fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
         uid: u.uid.as_raw(),
         gid: u.gid.as_raw(),
     });
-    spool::prepare(&cfg.spool, owner)
-        .with_context(|| format!("preparing the spool {}", cfg.spool.display()))?;
+    if let Some(owner) = owner {
+        spool::prepare(&cfg.spool, owner)
+            .with_context(|| format!("preparing the spool {}", cfg.spool.display()))?;
+    }
     if let Some(user) = user {
         setgroups(&[user.gid]).context("user: setgroups")?;
         setgid(user.gid).context("user: setgid")?;

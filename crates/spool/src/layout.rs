@@ -5,21 +5,26 @@
 //! so local users can still reach `pickup/` (like the parents of a real maildrop) without
 //! listing or opening anything else.
 //!
-//! Everything here runs as root before privileges are dropped, inside a directory that local
-//! users can reach, so nothing follows a symbolic link and nothing recurses: directories are
-//! opened with `O_NOFOLLOW | O_DIRECTORY` and changed through their descriptors, entries with
-//! `fchownat(AT_SYMLINK_NOFOLLOW)` or through a descriptor opened with `O_NOFOLLOW`. The
-//! contents of `pickup/` belong to the local users who wrote them and are never touched.
+//! Two steps, because root may hold nothing but `CAP_CHOWN` (the systemd unit): `prepare`
+//! runs as root before the switch and only creates the spool directory and gives things to
+//! the daemon's user; `settle` runs as that user when the spool is opened and sets the
+//! modes (an owner may always chmod). Both run in a directory local users can reach, so
+//! nothing follows a symbolic link and nothing recurses: directories are opened with
+//! `O_NOFOLLOW | O_DIRECTORY` and changed through their descriptors, entries with
+//! `AT_SYMLINK_NOFOLLOW` or through a descriptor opened with `O_NOFOLLOW`. The contents of
+//! `pickup/` belong to the local users who wrote them and are never touched. Files are
+//! looked at only when their directory still has the wrong owner or mode (a spool written
+//! by root or by an older version), so an ordinary start costs no per-file work.
 
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, open, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 use tracing::warn;
 
 use crate::SpoolError;
@@ -42,14 +47,78 @@ fn err(context: String, e: Errno) -> SpoolError {
     SpoolError::io(context, std::io::Error::from(e))
 }
 
-/// Makes the spool's layout right: creates the spool directory, `log/` and `content/` with
-/// their modes, and sets the modes of existing ones. With `owner` (root preparing the spool
-/// for the user it is about to become), the directories and `pickup/` itself are given to
-/// that owner, and so are `daemon.lock` and the regular files directly in `log/` and
-/// `content/` (left by a spool written as root), with their modes set to 0600. The lock file
-/// of older versions (`lock`, world-readable) is removed: anyone could open it, so anyone
-/// could hold it, and a descriptor opened on it survives any chmod.
-pub fn prepare(dir: &Path, owner: Option<Owner>) -> Result<(), SpoolError> {
+const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+fn is_regular(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+fn owned_by(st: &FileStat, o: Owner) -> bool {
+    st.st_uid == o.uid && st.st_gid == o.gid
+}
+
+/// Opens `top/name` as a directory, not following a link; `None` if it does not exist.
+fn subdir(
+    top: &OwnedFd,
+    name: &str,
+    flags: OFlag,
+    shown: &str,
+) -> Result<Option<OwnedFd>, SpoolError> {
+    match openat(top, name, flags | DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => Err(err(
+            format!("{shown} is not a directory (symbolic links are not followed)"),
+            e,
+        )),
+        Err(e) => Err(err(format!("opening {shown}"), e)),
+    }
+}
+
+/// Gives the directory or file behind `fd` (an `O_PATH` descriptor will do) to `o`.
+fn chown_fd(fd: &OwnedFd, o: Owner, shown: &str) -> Result<(), SpoolError> {
+    fchownat(
+        fd,
+        "",
+        Some(Uid::from_raw(o.uid)),
+        Some(Gid::from_raw(o.gid)),
+        AtFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| err(format!("giving {shown} to uid {}", o.uid), e))
+}
+
+/// Gives `name` in `dir` to `o` if it is a regular file that is not `o`'s yet.
+fn chown_entry(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    o: Owner,
+    shown: &str,
+) -> Result<(), SpoolError> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if is_regular(&st) && !owned_by(&st, o) => fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(o.uid)),
+            Some(Gid::from_raw(o.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| err(format!("giving {shown} to uid {}", o.uid), e)),
+        Ok(st) if !is_regular(&st) => {
+            warn!("{shown} is not a regular file; left alone");
+            Ok(())
+        }
+        Ok(_) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(err(format!("examining {shown}"), e)),
+    }
+}
+
+/// Root's part, before switching to `owner`: creates the spool directory if it is missing
+/// and gives it to `owner`, with `log/`, `content/` and the files directly in them (when a
+/// directory is not `owner`'s yet: a spool written as root), `daemon.lock`, and `pickup/`
+/// itself, not what local users put in it. Modes are left to `settle`.
+pub fn prepare(dir: &Path, owner: Owner) -> Result<(), SpoolError> {
     if !dir.exists() {
         // The parents are the administrator's (`/var/spool`); they get the usual modes.
         if let Some(parent) = dir.parent() {
@@ -62,42 +131,94 @@ pub fn prepare(dir: &Path, owner: Option<Owner>) -> Result<(), SpoolError> {
             Err(e) => return Err(SpoolError::io(format!("creating {}", dir.display()), e)),
         }
     }
+    let show = |name: &str| dir.join(name).display().to_string();
+    // O_PATH: looking needs no read permission on directories that are already the user's.
     // The configured path itself may be a link the administrator made; nothing below it is
     // followed.
+    let top = open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(format!("opening {}", dir.display()), e))?;
+    let st = fstat(&top).map_err(|e| err(format!("examining {}", dir.display()), e))?;
+    if !owned_by(&st, owner) {
+        chown_fd(&top, owner, &dir.display().to_string())?;
+    }
+    for sub in ["log", "content"] {
+        let Some(path_fd) = subdir(&top, sub, OFlag::O_PATH, &show(sub))? else {
+            continue;
+        };
+        let st = fstat(&path_fd).map_err(|e| err(format!("examining {}", show(sub)), e))?;
+        if owned_by(&st, owner) {
+            continue;
+        }
+        // Not the user's yet, so root can list it.
+        let Some(fd) = subdir(&top, sub, OFlag::O_RDONLY, &show(sub))? else {
+            continue;
+        };
+        let path = dir.join(sub);
+        let rd = fs::read_dir(&path)
+            .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
+        for e in rd {
+            let e = e.map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
+            let shown = path.join(e.file_name()).display().to_string();
+            chown_entry(&fd, &e.file_name(), owner, &shown)?;
+        }
+        chown_fd(&fd, owner, &show(sub))?;
+    }
+    // pickup/ itself must be the daemon's to manage; what local users put in it is theirs.
+    if let Some(fd) = subdir(&top, "pickup", OFlag::O_PATH, &show("pickup"))? {
+        let st = fstat(&fd).map_err(|e| err(format!("examining {}", show("pickup")), e))?;
+        if !owned_by(&st, owner) {
+            chown_fd(&fd, owner, &show("pickup"))?;
+        }
+    }
+    // Left by a daemon that ran as root: the user must be able to open it.
+    chown_entry(&top, "daemon.lock".as_ref(), owner, &show("daemon.lock"))
+}
+
+/// The owner's part, when the spool is opened: creates `log/` and `content/` if missing and
+/// sets the modes of the spool directory, of those two and (where a directory's mode was
+/// still wrong) of the regular files in them. The lock file of older versions (`lock`,
+/// world-readable) is removed: anyone could open it, so anyone could hold it, and a
+/// descriptor opened on it survives any chmod; `daemon.lock` replaces it.
+pub fn settle(dir: &Path) -> Result<(), SpoolError> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(SPOOL_DIR_MODE)
+            .create(dir)
+            .map_err(|e| SpoolError::io(format!("creating {}", dir.display()), e))?;
+    }
+    let show = |name: &str| dir.join(name).display().to_string();
     let top = open(
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| err(format!("opening {}", dir.display()), e))?;
-    let show = |name: &str| dir.join(name).display().to_string();
-    set_owner_and_mode(&top, owner, SPOOL_DIR_MODE, &dir.display().to_string())?;
+    set_mode(&top, SPOOL_DIR_MODE, &dir.display().to_string())?;
     for sub in ["log", "content"] {
-        let fd = private_dir(&top, sub, &show(sub))?;
-        set_owner_and_mode(&fd, owner, PRIVATE_DIR_MODE, &show(sub))?;
-        if let Some(o) = owner {
-            adopt_files(&fd, &dir.join(sub), o)?;
+        match mkdirat(&top, sub, Mode::from_bits_truncate(PRIVATE_DIR_MODE)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(err(format!("creating {}", show(sub)), e)),
         }
-    }
-    if let Some(o) = owner {
-        // pickup/ itself must be the daemon's to manage; what local users put in it is theirs.
-        match openat(
-            &top,
-            "pickup",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => chown_fd(&fd, o, &show("pickup"))?,
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(err(format!("opening {} (not followed)", show("pickup")), e)),
+        let Some(fd) = subdir(&top, sub, OFlag::O_RDONLY, &show(sub))? else {
+            return Err(err(format!("opening {}", show(sub)), Errno::ENOENT));
+        };
+        let st = fstat(&fd).map_err(|e| err(format!("examining {}", show(sub)), e))?;
+        if st.st_mode & 0o7777 != PRIVATE_DIR_MODE {
+            let path = dir.join(sub);
+            let rd = fs::read_dir(&path)
+                .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
+            for e in rd {
+                let e = e.map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
+                let shown = path.join(e.file_name()).display().to_string();
+                private_file(&fd, &e.file_name(), &shown)?;
+            }
+            set_mode(&fd, PRIVATE_DIR_MODE, &show(sub))?;
         }
-        // Left by a daemon that ran as root: the user must be able to open it.
-        adopt(
-            &top,
-            std::ffi::OsStr::new("daemon.lock"),
-            &show("daemon.lock"),
-            o,
-        )?;
     }
     match unlinkat(&top, "lock", UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
@@ -106,45 +227,7 @@ pub fn prepare(dir: &Path, owner: Option<Owner>) -> Result<(), SpoolError> {
     Ok(())
 }
 
-/// Creates (if missing) and opens `top/name` as a directory without following a link.
-fn private_dir(top: &OwnedFd, name: &str, shown: &str) -> Result<OwnedFd, SpoolError> {
-    match mkdirat(top, name, Mode::from_bits_truncate(PRIVATE_DIR_MODE)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(err(format!("creating {shown}"), e)),
-    }
-    openat(
-        top,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        Errno::ELOOP | Errno::ENOTDIR => err(
-            format!("{shown} is not a directory (symbolic links are not followed)"),
-            e,
-        ),
-        e => err(format!("opening {shown}"), e),
-    })
-}
-
-fn chown_fd(fd: &impl AsFd, o: Owner, shown: &str) -> Result<(), SpoolError> {
-    let st = fstat(fd).map_err(|e| err(format!("examining {shown}"), e))?;
-    if st.st_uid != o.uid || st.st_gid != o.gid {
-        fchown(fd, Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid)))
-            .map_err(|e| err(format!("giving {shown} to uid {}", o.uid), e))?;
-    }
-    Ok(())
-}
-
-fn set_owner_and_mode(
-    fd: &OwnedFd,
-    owner: Option<Owner>,
-    mode: u32,
-    shown: &str,
-) -> Result<(), SpoolError> {
-    if let Some(o) = owner {
-        chown_fd(fd, o, shown)?;
-    }
+fn set_mode(fd: &OwnedFd, mode: u32, shown: &str) -> Result<(), SpoolError> {
     let st = fstat(fd).map_err(|e| err(format!("examining {shown}"), e))?;
     if st.st_mode & 0o7777 != mode {
         fchmod(fd, Mode::from_bits_truncate(mode))
@@ -153,30 +236,10 @@ fn set_owner_and_mode(
     Ok(())
 }
 
-fn is_regular(st: &FileStat) -> bool {
-    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
-}
-
-/// Gives the regular files directly in `fd` (one level, no links) to `o`, mode 0600.
-fn adopt_files(fd: &OwnedFd, path: &Path, o: Owner) -> Result<(), SpoolError> {
-    let rd =
-        fs::read_dir(path).map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
-    for e in rd {
-        let e = e.map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
-        adopt(
-            fd,
-            &e.file_name(),
-            &path.join(e.file_name()).display().to_string(),
-            o,
-        )?;
-    }
-    Ok(())
-}
-
-/// Gives the entry `name` of `fd` to `o` with mode 0600 if it is a regular file (links and
-/// anything else are left alone); a missing entry is fine.
-fn adopt(fd: &OwnedFd, name: &std::ffi::OsStr, shown: &str, o: Owner) -> Result<(), SpoolError> {
-    let st = match fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+/// Sets `name` in `dir` to mode 0600 if it is a regular file; links and anything else are
+/// left alone. The mode can only be changed through a descriptor without following a link.
+fn private_file(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &str) -> Result<(), SpoolError> {
+    let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(err(format!("examining {shown}"), e)),
@@ -185,22 +248,11 @@ fn adopt(fd: &OwnedFd, name: &std::ffi::OsStr, shown: &str, o: Owner) -> Result<
         warn!("{shown} is not a regular file; left alone");
         return Ok(());
     }
-    if st.st_uid == o.uid && st.st_gid == o.gid && st.st_mode & 0o7777 == FILE_MODE {
+    if st.st_mode & 0o7777 == FILE_MODE {
         return Ok(());
     }
-    if st.st_mode & 0o7777 == FILE_MODE {
-        return fchownat(
-            fd,
-            name,
-            Some(Uid::from_raw(o.uid)),
-            Some(Gid::from_raw(o.gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| err(format!("giving {shown} to uid {}", o.uid), e));
-    }
-    // The mode can only be changed through a descriptor without following a link.
     let f = match openat(
-        fd,
+        dir,
         name,
         OFlag::O_RDONLY
             | OFlag::O_NOFOLLOW
@@ -218,7 +270,6 @@ fn adopt(fd: &OwnedFd, name: &std::ffi::OsStr, shown: &str, o: Owner) -> Result<
         warn!("{shown} changed while being examined; left alone");
         return Ok(());
     }
-    chown_fd(&f, o, shown)?;
     fchmod(&f, Mode::from_bits_truncate(FILE_MODE))
         .map_err(|e| err(format!("setting the mode of {shown} to 600"), e))
 }
@@ -277,7 +328,7 @@ mod tests {
             fs::set_permissions(dir.join(d), fs::Permissions::from_mode(0o755)).unwrap();
         }
         fs::write(dir.join("lock"), "").unwrap();
-        prepare(&dir, None).unwrap();
+        settle(&dir).unwrap();
         assert_eq!(mode(&dir), 0o711);
         assert_eq!(mode(&dir.join("log")), 0o700);
         assert_eq!(mode(&dir.join("content")), 0o700);
@@ -293,8 +344,17 @@ mod tests {
         let dir = t.path().join("spool");
         fs::create_dir(&dir).unwrap();
         symlink(&elsewhere, dir.join("log")).unwrap();
-        let e = prepare(&dir, None).unwrap_err().to_string();
+        let e = settle(&dir).unwrap_err().to_string();
         assert!(e.contains("log is not a directory"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            let nobody = Owner {
+                uid: 65534,
+                gid: 65534,
+            };
+            let e = prepare(&dir, nobody).unwrap_err().to_string();
+            assert!(e.contains("log is not a directory"), "{e}");
+            assert_eq!(fs::metadata(&elsewhere).unwrap().uid(), 0);
+        }
         assert_eq!(mode(&elsewhere), 0o755);
     }
 
@@ -329,7 +389,8 @@ mod tests {
         fs::write(dir.join("pickup/a-users-file"), "").unwrap();
         symlink(&outside, dir.join("pickup/x")).unwrap();
 
-        prepare(&dir, Some(nobody)).unwrap();
+        prepare(&dir, nobody).unwrap();
+        settle(&dir).unwrap();
 
         for p in [
             "",

@@ -392,7 +392,7 @@ pub fn inspect(dir: &Path) -> Result<Recovery, SpoolError> {
 pub fn open(cfg: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = cfg.dir.clone();
-    layout::prepare(&dir, None)?;
+    layout::settle(&dir)?;
     // 0600 from its creation: a lock anyone could open is a lock anyone could hold, keeping
     // the daemon from starting. A new name: a descriptor opened on the old, world-readable
     // `lock` would survive any chmod.
