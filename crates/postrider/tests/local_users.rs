@@ -122,12 +122,41 @@ impl World {
 /// The daemon greets within `limit` and queues a message.
 fn serves_smtp(d: &Daemon, limit: Duration) {
     let mut s = Raw::greeted_within(d.port, limit);
-    assert!(s.cmd("EHLO client.test").starts_with("250"));
-    assert!(s.cmd("MAIL FROM:<a@src.test>").starts_with("250"));
-    assert!(s.cmd("RCPT TO:<b@dst.test>").starts_with("250"));
-    assert!(s.cmd("DATA").starts_with("354"));
-    let r = s.cmd("Subject: still here\r\n\r\nhello\r\n.");
+    assert!(cmd(&mut s, "EHLO client.test").starts_with("250"));
+    assert!(cmd(&mut s, "MAIL FROM:<a@src.test>").starts_with("250"));
+    assert!(cmd(&mut s, "RCPT TO:<b@dst.test>").starts_with("250"));
+    assert!(cmd(&mut s, "DATA").starts_with("354"));
+    let r = cmd(&mut s, "Subject: still here\r\n\r\nhello\r\n.");
     assert!(r.starts_with("250"), "{r}");
+}
+
+/// One command, its final reply line. Reads retry on EINTR: a socket read with a timeout
+/// fails that way after the test process was stopped and resumed, which is not the
+/// daemon's doing.
+fn cmd(s: &mut Raw, line: &str) -> String {
+    use std::io::{Read, Write};
+    s.stream
+        .write_all(format!("{line}\r\n").as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let last = text
+            .strip_suffix("\r\n")
+            .and_then(|t| t.rsplit("\r\n").next());
+        if let Some(last) =
+            last.filter(|l| l.len() >= 3 && l.as_bytes().get(3).is_none_or(|&c| c == b' '))
+        {
+            return last.to_string();
+        }
+        match s.stream.read(&mut buf) {
+            Ok(0) => return text,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("reading the reply to {line:?}: {e}; got {text:?}"),
+        }
+    }
 }
 
 fn require_root() -> bool {
@@ -273,8 +302,9 @@ fn a_local_user_cannot_take_or_hold_the_spool_lock() {
     serves_smtp(&d, Duration::from_secs(5));
     drop(holder); // closes its stdin: flock exits
 
-    // A stopped daemon leaves nothing a local user can lock or create to keep it down.
-    assert!(d.terminate(Duration::from_secs(30)).success());
+    // A stopped (here: crashed) daemon leaves nothing a local user can lock or create to
+    // keep it down.
+    d.kill9();
     for p in [w.spool.join("lock"), w.spool.join("daemon.lock")] {
         assert!(
             hold_lock(LOCAL_USER, &p).is_none(),
@@ -447,7 +477,9 @@ fn local_users_still_reach_pickup_while_the_daemon_is_down() {
     }
     let w = World::new();
     let mut d = w.daemon();
-    assert!(d.terminate(Duration::from_secs(30)).success());
+    Raw::greeted_within(d.port, Duration::from_secs(10));
+    // Down hard (a SIGTERM this early may come before the signal handlers are in place).
+    d.kill9();
     // The private spool must not lock local users out of `sendmail`'s fallback.
     let mut c = users::command_as(LOCAL_USER, env!("CARGO_BIN_EXE_postrider"))
         .args(["sendmail", "bob@dst.test"])
@@ -472,4 +504,103 @@ fn local_users_still_reach_pickup_while_the_daemon_is_down() {
         Duration::from_secs(10),
         || d.queued() == 1,
     );
+}
+
+/// `postrider serve` started as root with only the capabilities `contrib/postrider.service`
+/// leaves it (its `CapabilityBoundingSet=`, read from the unit), serving SMTP on `port`.
+fn serve_like_the_systemd_unit(w: &World, port: u16) -> common::Proc {
+    let unit = std::fs::read_to_string(common::repo_root().join("contrib/postrider.service"))
+        .expect("read contrib/postrider.service");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let config = w.base.path().join("postrider.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"mx.postrider.test\"\nspool = \"{}\"\nuser = \"{DAEMON_USER}\"\n\
+             [delivery]\nenabled = false\n[smtp]\nlisten = [\"127.0.0.1:{port}\"]\n",
+            w.spool.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(w.base.path().join("postrider.log")).unwrap();
+    let child = Command::new("setpriv")
+        .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_postrider"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("run setpriv");
+    common::Proc(child)
+}
+
+fn greets_or_log(w: &World, p: &mut common::Proc, port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log =
+            || std::fs::read_to_string(w.base.path().join("postrider.log")).unwrap_or_default();
+        if let Ok(Some(status)) = p.0.try_wait() {
+            panic!("postrider exited ({status}):\n{}", log());
+        }
+        if common::port_open(port) && Raw::greeted(port).is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no greeting within 10 s:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_systemd_units_capabilities_are_enough_to_take_over_and_restart_a_spool() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new();
+    let daemon = users::ensure(DAEMON_USER);
+    // As older versions left it after handing it over: the user's, world-readable, and a
+    // lock left by a run as root.
+    for d in ["log", "content"] {
+        std::fs::create_dir_all(w.spool.join(d)).unwrap();
+    }
+    std::fs::write(w.spool.join("log/0000000000000001.seg"), "").unwrap();
+    std::fs::write(w.spool.join("daemon.lock"), "").unwrap();
+    std::fs::set_permissions(
+        w.spool.join("daemon.lock"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    for p in ["", "log", "content", "pickup", "log/0000000000000001.seg"] {
+        std::os::unix::fs::chown(w.spool.join(p), Some(daemon.uid), Some(daemon.gid)).unwrap();
+    }
+    for round in 0..2 {
+        let port = common::free_port();
+        let mut p = serve_like_the_systemd_unit(&w, port);
+        greets_or_log(&w, &mut p, port);
+        let seg = std::fs::metadata(w.spool.join("log/0000000000000001.seg"));
+        if let Ok(m) = seg {
+            assert_eq!(m.mode() & 0o7777, 0o600, "round {round}");
+        }
+        let lock = std::fs::metadata(w.spool.join("daemon.lock")).unwrap();
+        assert_eq!((lock.uid(), lock.mode() & 0o7777), (daemon.uid, 0o600));
+        assert_eq!(std::fs::metadata(&w.spool).unwrap().mode() & 0o7777, 0o711);
+        assert_eq!(
+            std::fs::metadata(w.spool.join("log")).unwrap().mode() & 0o7777,
+            0o700
+        );
+        // Stopped hard: the restart must also take over what a crash left.
+        let _ = p.0.kill();
+        let _ = p.0.wait();
+    }
 }
