@@ -604,3 +604,50 @@ fn the_systemd_units_capabilities_are_enough_to_take_over_and_restart_a_spool() 
         let _ = p.0.wait();
     }
 }
+
+#[test]
+fn a_spool_the_daemon_user_cannot_reach_is_named_at_start() {
+    if !require_root() {
+        return;
+    }
+    users::ensure(DAEMON_USER);
+    let base = tempfile::tempdir().unwrap();
+    let hidden = base.path().join("root-only");
+    std::fs::create_dir(&hidden).unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let spool = hidden.join("spool");
+    let config = base.path().join("postrider.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool = \"{}\"\nuser = \"{DAEMON_USER}\"\n[smtp]\nlisten = [\"127.0.0.1:{}\"]\n",
+            spool.display(),
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let mut p = common::Proc(
+        Command::new(env!("CARGO_BIN_EXE_postrider"))
+            .args(["serve", "-c"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut status = None;
+    wait_for("postrider to give up", Duration::from_secs(10), || {
+        status = p.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success());
+    let mut err = String::new();
+    use std::io::Read;
+    p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(
+        err.contains(&spool.display().to_string())
+            && err.contains(&format!("as user '{DAEMON_USER}'"))
+            && err.contains("reachable"),
+        "{err}"
+    );
+}

@@ -70,12 +70,10 @@ impl SpoolConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    // The cause is part of the message and not also a `source`: error chains printed with
+    // `{:#}` would name it twice.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
     #[error("writing the log failed: {message}")]
     Write { no_space: bool, message: String },
     #[error("the spool {0} is in use by another process")]
@@ -95,14 +93,14 @@ impl SpoolError {
     fn io(context: impl Into<String>, source: io::Error) -> Self {
         SpoolError::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 
     /// The file system is full: the client should be told 452 4.3.1, not 451.
     pub fn is_no_space(&self) -> bool {
         match self {
-            SpoolError::Io { source, .. } => io_no_space(source),
+            SpoolError::Io { cause, .. } => io_no_space(cause),
             SpoolError::Write { no_space, .. } => *no_space,
             _ => false,
         }
@@ -110,7 +108,7 @@ impl SpoolError {
 
     /// The spool is there but this user may not read or write it.
     pub fn is_permission_denied(&self) -> bool {
-        matches!(self, SpoolError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
+        matches!(self, SpoolError::Io { cause, .. } if cause.kind() == io::ErrorKind::PermissionDenied)
     }
 }
 
