@@ -12,9 +12,9 @@
 //! nothing follows a symbolic link and nothing recurses: directories are opened with
 //! `O_NOFOLLOW | O_DIRECTORY` and changed through their descriptors, entries with
 //! `AT_SYMLINK_NOFOLLOW` or through a descriptor opened with `O_NOFOLLOW`. The contents of
-//! `pickup/` belong to the local users who wrote them and are never touched. Files are
-//! looked at only when their directory still has the wrong owner or mode (a spool written
-//! by root or by an older version), so an ordinary start costs no per-file work.
+//! `pickup/` belong to the local users who wrote them and are never touched. Modes of files
+//! are looked at only when their directory still has the wrong mode (a spool written by an
+//! older version); owners by root at each start, one `fstatat` per file.
 
 use std::fs;
 use std::os::fd::OwnedFd;
@@ -115,9 +115,9 @@ fn chown_entry(
 }
 
 /// Root's part, before switching to `owner`: creates the spool directory if it is missing
-/// and gives it to `owner`, with `log/`, `content/` and the files directly in them (when a
-/// directory is not `owner`'s yet: a spool written as root), `daemon.lock`, and `pickup/`
-/// itself, not what local users put in it. Modes are left to `settle`.
+/// and gives it to `owner`, with `log/`, `content/` and the regular files directly in them
+/// (left by a run as root), `daemon.lock`, and `pickup/` itself, not what local users put
+/// in it. Modes are left to `settle`.
 pub fn prepare(dir: &Path, owner: Owner) -> Result<(), SpoolError> {
     if !dir.exists() {
         // The parents are the administrator's (`/var/spool`); they get the usual modes.
@@ -150,12 +150,13 @@ pub fn prepare(dir: &Path, owner: Owner) -> Result<(), SpoolError> {
             continue;
         };
         let st = fstat(&path_fd).map_err(|e| err(format!("examining {}", show(sub)), e))?;
-        if owned_by(&st, owner) {
-            continue;
-        }
-        // Not the user's yet, so root can list it.
-        let Some(fd) = subdir(&top, sub, OFlag::O_RDONLY, &show(sub))? else {
-            continue;
+        // Root with CAP_DAC_READ_SEARCH lists even a directory that is the user's already
+        // (a run as root without `user` may have left files in it); root with CAP_CHOWN
+        // alone cannot, and needs to only when the directory is not the user's yet.
+        let fd = match openat(&top, sub, OFlag::O_RDONLY | DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::EACCES) if owned_by(&st, owner) => continue,
+            Err(e) => return Err(err(format!("opening {}", show(sub)), e)),
         };
         let path = dir.join(sub);
         let rd = fs::read_dir(&path)
@@ -165,7 +166,9 @@ pub fn prepare(dir: &Path, owner: Owner) -> Result<(), SpoolError> {
             let shown = path.join(e.file_name()).display().to_string();
             chown_entry(&fd, &e.file_name(), owner, &shown)?;
         }
-        chown_fd(&fd, owner, &show(sub))?;
+        if !owned_by(&st, owner) {
+            chown_fd(&fd, owner, &show(sub))?;
+        }
     }
     // pickup/ itself must be the daemon's to manage; what local users put in it is theirs.
     if let Some(fd) = subdir(&top, "pickup", OFlag::O_PATH, &show("pickup"))? {
@@ -418,5 +421,26 @@ mod tests {
             assert_eq!(fs::symlink_metadata(dir.join(p)).unwrap().uid(), 0, "{p}");
         }
         assert_eq!(fs::metadata(t.path()).unwrap().uid(), 0);
+    }
+
+    #[test]
+    fn files_root_left_in_the_users_directories_are_given_to_the_user() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // giving files away needs root
+        }
+        let nobody = Owner {
+            uid: 65534,
+            gid: 65534,
+        };
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("spool");
+        fs::create_dir_all(dir.join("log")).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(dir.join("log"), Some(65534), Some(65534)).unwrap();
+        fs::set_permissions(dir.join("log"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(dir.join("log/0000000000000002.seg"), "").unwrap();
+        prepare(&dir, nobody).unwrap();
+        let m = fs::metadata(dir.join("log/0000000000000002.seg")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
     }
 }
