@@ -71,12 +71,12 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     };
     // Ports are bound and root-only files read: from here on root is not needed. The spool
     // is opened only after the switch, so every file the daemon creates is its user's.
-    drop_privileges(&cfg)?;
+    let switched = drop_privileges(&cfg)?;
     let (spool, recovery) = spool::open(spool_config(&cfg)).with_context(|| {
         format!(
             "opening the spool {}{}",
             cfg.spool.display(),
-            match &cfg.user {
+            match &switched {
                 Some(u) =>
                     format!(" as user '{u}' (it and its parents must be reachable by that user)"),
                 None => String::new(),
@@ -172,11 +172,11 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     Ok(())
 }
 
-/// Prepares the spool as root and switches to `user` (when started as root), then sets the
-/// umask: the spool directories are created or fixed with the user as owner and their modes
-/// (without following any link: local users can reach `pickup/`), so the daemon can create
-/// its files there after the switch; nothing else changes hands.
-fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
+/// Started as root with `user`: gives the spool to that user (`spool::prepare`: nothing is
+/// followed or walked, local users can reach `pickup/`) and switches to it, returning its
+/// name. Then, in every case, sets the umask to 077. The modes are set when the spool is
+/// opened, by its owner.
+fn drop_privileges(cfg: &Config) -> anyhow::Result<Option<String>> {
     use nix::unistd::{User, geteuid, setgid, setgroups, setuid};
     let user = match &cfg.user {
         Some(name) if geteuid().is_root() => Some(
@@ -198,15 +198,19 @@ fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
         spool::prepare(&cfg.spool, owner)
             .with_context(|| format!("preparing the spool {}", cfg.spool.display()))?;
     }
-    if let Some(user) = user {
-        setgroups(&[user.gid]).context("user: setgroups")?;
-        setgid(user.gid).context("user: setgid")?;
-        setuid(user.uid).context("user: setuid")?;
-        info!("running as user {} (uid {})", user.name, user.uid);
-    }
+    let switched = match user {
+        Some(user) => {
+            setgroups(&[user.gid]).context("user: setgroups")?;
+            setgid(user.gid).context("user: setgid")?;
+            setuid(user.uid).context("user: setuid")?;
+            info!("running as user {} (uid {})", user.name, user.uid);
+            Some(user.name)
+        }
+        None => None,
+    };
     // Whatever the daemon creates from here on (control socket, files) is its own alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    Ok(())
+    Ok(switched)
 }
 
 /// Waits for SIGTERM or SIGINT, calling `on_hup` for every SIGHUP meanwhile.
