@@ -52,10 +52,6 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
     // Before anything can announce that the daemon is up: a SIGTERM sent right after the
     // listeners are bound must drain, not kill with the default action.
     let signals = Signals::new().context("installing signal handlers")?;
-    let (spool, recovery) = spool::open(spool_config(&cfg))
-        .with_context(|| format!("opening the spool {}", cfg.spool.display()))?;
-    info!("spool {}: {}", cfg.spool.display(), recovery.report);
-
     let mut listeners = Vec::new();
     for addr in &cfg.smtp.listen {
         let l = bind_listener(*addr)
@@ -69,6 +65,30 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         (Some(c), Some(k)) => Some(server::tls_acceptor(c, k)?),
         _ => None,
     };
+    // Bind now, as root, so a bad address is an error at start, not a silent absence.
+    let metrics_listener = match cfg.control.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("control.metrics: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    // Ports are bound and root-only files read: from here on root is not needed. The spool
+    // is opened only after the switch, so every file the daemon creates is its user's.
+    let switched = drop_privileges(&cfg)?;
+    let (spool, recovery) = spool::open(spool_config(&cfg)).with_context(|| {
+        format!(
+            "opening the spool {}{}",
+            cfg.spool.display(),
+            match &switched {
+                Some(u) =>
+                    format!(" as user '{u}' (it and its parents must be reachable by that user)"),
+                None => String::new(),
+            }
+        )
+    })?;
+    info!("spool {}: {}", cfg.spool.display(), recovery.report);
     let counters = Arc::new(crate::metrics::Counters::default());
     let host_addresses = resolver::HostAddresses::new(crate::interfaces::read());
     let (mut manager, queue) = queue_manager(&cfg, &spool, &counters, &host_addresses)?;
@@ -92,18 +112,14 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         ),
         counters: counters.clone(),
     });
-    let metrics = match cfg.control.metrics {
-        Some(addr) => {
+    let metrics = match (cfg.control.metrics, metrics_listener) {
+        (Some(addr), Some(listener)) => {
             let sources = crate::metrics::Sources {
                 queue: queue.clone(),
                 spool: spool.clone(),
                 limits: ctx.limits.clone(),
                 counters: counters.clone(),
             };
-            // Bind now so a bad address is an error at start, not a silent absence.
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("control.metrics: cannot listen on {addr}"))?;
             info!("metrics on http://{addr}/metrics");
             Some(tokio::spawn(crate::metrics::serve(
                 listener,
@@ -111,7 +127,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
                 shutdown.clone(),
             )))
         }
-        None => None,
+        _ => None,
     };
     let qm_shutdown = CancellationToken::new();
     let qm = tokio::spawn(manager.run(qm_shutdown.clone()));
@@ -120,8 +136,6 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         queue.clone(),
         shutdown.clone(),
     ));
-    // Ports are bound and the spool is open: from here on root is not needed.
-    drop_privileges(&cfg)?;
     let local = Arc::new(
         crate::local::Policies::new(ctx.clone(), nix::unistd::geteuid().as_raw())
             .map_err(anyhow::Error::msg)?,
@@ -201,51 +215,45 @@ fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpL
     tokio::net::TcpListener::from_std(socket.into())
 }
 
-/// Switches to `user` (when started as root): the spool is handed to that user first, so
-/// new segments, content files and the control socket can still be created.
-fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
-    use nix::unistd::{User, chown, geteuid, setgid, setgroups, setuid};
-    let Some(name) = &cfg.user else {
-        return Ok(());
+/// Started as root with `user`: gives the spool to that user (`spool::prepare`: nothing is
+/// followed or walked, local users can reach `pickup/`) and switches to it, returning its
+/// name. Then, in every case, sets the umask to 077. The modes are set when the spool is
+/// opened, by its owner.
+fn drop_privileges(cfg: &Config) -> anyhow::Result<Option<String>> {
+    use nix::unistd::{User, geteuid, setgid, setgroups, setuid};
+    let user = match &cfg.user {
+        Some(name) if geteuid().is_root() => Some(
+            User::from_name(name)
+                .with_context(|| format!("user: looking up '{name}'"))?
+                .with_context(|| format!("user: there is no user '{name}'"))?,
+        ),
+        Some(name) => {
+            warn!("user = \"{name}\" ignored: not started as root");
+            None
+        }
+        None => None,
     };
-    if !geteuid().is_root() {
-        warn!("user = \"{name}\" ignored: not started as root");
-        return Ok(());
-    }
-    let user = User::from_name(name)
-        .with_context(|| format!("user: looking up '{name}'"))?
-        .with_context(|| format!("user: there is no user '{name}'"))?;
-    fn walk(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path)) {
-        f(dir);
-        // pickup/ holds local users' files: their owner is who submitted them.
-        if dir.file_name().is_some_and(|n| n == "pickup") {
-            return;
-        }
-        if let Ok(rd) = std::fs::read_dir(dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, f);
-                } else {
-                    f(&p);
-                }
-            }
-        }
-    }
-    let mut failed = None;
-    walk(&cfg.spool, &mut |p| {
-        if let Err(e) = chown(p, Some(user.uid), Some(user.gid)) {
-            failed.get_or_insert(format!("{}: {e}", p.display()));
-        }
+    let owner = user.as_ref().map(|u| spool::Owner {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
     });
-    if let Some(f) = failed {
-        anyhow::bail!("user: cannot hand the spool to '{name}': {f}");
+    if let Some(owner) = owner {
+        spool::prepare(&cfg.spool, owner)
+            .with_context(|| format!("preparing the spool {}", cfg.spool.display()))?;
     }
-    setgroups(&[user.gid]).context("user: setgroups")?;
-    setgid(user.gid).context("user: setgid")?;
-    setuid(user.uid).context("user: setuid")?;
-    info!("running as user {name} (uid {})", user.uid);
-    Ok(())
+    let switched = match user {
+        Some(user) => {
+            setgroups(&[user.gid]).context("user: setgroups")?;
+            setgid(user.gid).context("user: setgid")?;
+            setuid(user.uid).context("user: setuid")?;
+            info!("running as user {} (uid {})", user.name, user.uid);
+            Some(user.name)
+        }
+        None => None,
+    };
+    // Whatever the daemon creates from here on (control socket, files) is its own alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    Ok(switched)
 }
 
 /// The signals the daemon acts on, installed once at start.
@@ -431,6 +439,8 @@ pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
+        // As the daemon would: new segments must belong to its user, not to root.
+        drop_privileges(&cfg)?;
         let (spool, recovery) = match spool::open(spool_config(&cfg)) {
             Ok(x) => x,
             Err(spool::SpoolError::Locked(_)) => anyhow::bail!(

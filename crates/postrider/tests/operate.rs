@@ -327,6 +327,8 @@ fn drops_privileges_to_the_configured_user() {
     }
     let d = Daemon::start("user = \"nobody\"\n[delivery]\nenabled = false\n");
     let pid = d.child.as_ref().unwrap().id();
+    // The switch comes after the ports are bound (and logged): the greeting comes after it.
+    Raw::greeted_within(d.port, Duration::from_secs(10));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status
         .lines()

@@ -3,10 +3,13 @@
 //! Layout under the spool directory:
 //!
 //! ```text
-//! lock              flock'd by the one process that owns the spool
+//! daemon.lock       flock'd by the one process that owns the spool (0600)
 //! log/N.seg         append-only segments of checksummed records (see `record`)
 //! content/ID        content of messages over the inline limit, fsync'd before its record
 //! ```
+//!
+//! `log/` and `content/` are 0700 and their files 0600 (see `layout`): queued mail is
+//! readable by the spool's owner only.
 //!
 //! One writer thread owns the log. Callers send it requests over a bounded channel; it takes
 //! every request waiting, writes them with one `write` and makes them durable with one
@@ -19,6 +22,7 @@
 
 mod envelope;
 mod id;
+mod layout;
 pub mod record;
 mod state;
 mod writer;
@@ -37,6 +41,7 @@ pub use envelope::{
     Update,
 };
 pub use id::{BadId, IdGenerator, TxnId};
+pub use layout::{FILE_MODE, Owner, PRIVATE_DIR_MODE, SPOOL_DIR_MODE, prepare};
 use state::{Loc, State};
 
 /// Content up to this size goes inside the log record; bigger content gets its own file, so
@@ -65,12 +70,10 @@ impl SpoolConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    // The cause is part of the message and not also a `source`: error chains printed with
+    // `{:#}` would name it twice.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
     #[error("writing the log failed: {message}")]
     Write { no_space: bool, message: String },
     #[error("the spool {0} is in use by another process")]
@@ -90,17 +93,22 @@ impl SpoolError {
     fn io(context: impl Into<String>, source: io::Error) -> Self {
         SpoolError::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 
     /// The file system is full: the client should be told 452 4.3.1, not 451.
     pub fn is_no_space(&self) -> bool {
         match self {
-            SpoolError::Io { source, .. } => io_no_space(source),
+            SpoolError::Io { cause, .. } => io_no_space(cause),
             SpoolError::Write { no_space, .. } => *no_space,
             _ => false,
         }
+    }
+
+    /// The spool is there but this user may not read or write it.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, SpoolError::Io { cause, .. } if cause.kind() == io::ErrorKind::PermissionDenied)
     }
 }
 
@@ -380,16 +388,19 @@ pub fn inspect(dir: &Path) -> Result<Recovery, SpoolError> {
 
 /// Opens (creating if needed) and recovers the spool, and starts its writer thread.
 pub fn open(cfg: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = cfg.dir.clone();
-    for d in [dir.clone(), dir.join("log"), dir.join("content")] {
-        fs::create_dir_all(&d)
-            .map_err(|e| SpoolError::io(format!("creating {}", d.display()), e))?;
-    }
-    let lock_path = dir.join("lock");
+    layout::settle(&dir)?;
+    // 0600 from its creation: a lock anyone could open is a lock anyone could hold, keeping
+    // the daemon from starting. A new name: a descriptor opened on the old, world-readable
+    // `lock` would survive any chmod.
+    let lock_path = dir.join("daemon.lock");
     let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&lock_path)
         .map_err(|e| SpoolError::io(format!("opening {}", lock_path.display()), e))?;
     match lock.try_lock() {
@@ -647,11 +658,14 @@ impl ContentWriter {
             return Ok(());
         }
         if self.file.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
             let path = content_path(&self.dir, self.id);
             let f = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .mode(FILE_MODE)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&path)
                 .map_err(|e| SpoolError::io(format!("creating {}", path.display()), e))?;
             self.file = Some((f, path));

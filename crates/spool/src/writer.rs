@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -84,6 +85,8 @@ impl Writer {
         let active = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(crate::FILE_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| SpoolError::io(format!("creating {}", path.display()), e))?;
         fsync_dir(&cfg.dir.join("log"))
@@ -307,7 +310,12 @@ impl Writer {
     fn rotate(&mut self) -> std::io::Result<()> {
         let next = self.active_seg + 1;
         let path = seg_path(&self.cfg.dir, next);
-        let f = OpenOptions::new().create(true).append(true).open(&path)?;
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(crate::FILE_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)?;
         fsync_dir(&self.cfg.dir.join("log"))?;
         self.active = f;
         self.active_seg = next;

@@ -150,6 +150,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
+    // Bound after the switch to the daemon's user, under its umask 077: owner-only from
+    // the moment it exists; the chmod makes the mode exact whatever the umask was.
     let listener = UnixListener::bind(&path)?;
     set_owner_only(&path)?;
     loop {

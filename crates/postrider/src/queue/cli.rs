@@ -40,6 +40,14 @@ pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
             Ok(r) => r,
             Err(code) => return code,
         },
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "postrider: control socket {}: {}",
+                cfg.control_socket().display(),
+                not_allowed(cfg)
+            );
+            return ExitCode::from(NOPERM);
+        }
         Err(e) => {
             eprintln!(
                 "postrider: control socket {}: {e}",
@@ -49,6 +57,25 @@ pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
         }
     };
     print(resp, json)
+}
+
+/// sysexits.h EX_NOPERM.
+const NOPERM: u8 = 77;
+
+/// Why a user may not look at the queue, and who may.
+fn not_allowed(cfg: &Config) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let owner = match std::fs::metadata(&cfg.spool) {
+        Ok(m) => match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid())) {
+            Ok(Some(u)) => format!("user '{}'", u.name),
+            _ => format!("uid {}", m.uid()),
+        },
+        Err(_) => "the daemon's user".to_string(),
+    };
+    format!(
+        "permission denied: the queue in {} holds everyone's mail and only its owner ({owner}) and root may read it; run `postrider queue` as one of them",
+        cfg.spool.display()
+    )
 }
 
 /// The daemon is down: answer read-only questions from the spool itself.
@@ -63,7 +90,9 @@ fn offline(cfg: &Config, req: &Request) -> Result<Response, ExitCode> {
         );
         return Err(ExitCode::from(sysexits::UNAVAILABLE));
     }
-    if !cfg.spool.exists() {
+    // Only a spool that is really not there is an empty queue; one this user cannot reach
+    // is an error below.
+    if std::fs::metadata(&cfg.spool).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         return Ok(match req {
             Request::Show { id } => Response::error(format!("no message {id} in the queue")),
             Request::Shape { .. } => Response::Shape(vec![]),
@@ -71,6 +100,10 @@ fn offline(cfg: &Config, req: &Request) -> Result<Response, ExitCode> {
         });
     }
     let rec = spool::inspect(&cfg.spool).map_err(|e| {
+        if e.is_permission_denied() {
+            eprintln!("postrider: {}", not_allowed(cfg));
+            return ExitCode::from(NOPERM);
+        }
         eprintln!("postrider: reading the spool {}: {e}", cfg.spool.display());
         ExitCode::from(sysexits::SOFTWARE)
     })?;
