@@ -177,7 +177,13 @@ impl Manager {
             if env.held {
                 continue;
             }
-            let pair = Pair { id, rcpt: i as u16 };
+            // Entry paths cap a message at config::MAX_RECIPIENTS; one past the u16 index
+            // stays open (kept, visible in the queue) rather than wrapping onto another.
+            let Ok(rcpt) = u16::try_from(i) else {
+                tracing::error!(queue_id = %id, recipients = env.recipients.len(), "recipient beyond index 65535 not scheduled");
+                continue;
+            };
+            let pair = Pair { id, rcpt };
             let domain = rcpt_domain(&r.address);
             if new {
                 self.sched.add_new(&domain, pair, now);
@@ -639,14 +645,9 @@ impl Manager {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| !matches!(r.state, RcptState::Delivered | RcptState::Failed))
-                .map(|(i, r)| {
-                    (
-                        rcpt_domain(&r.address),
-                        Pair {
-                            id: tid,
-                            rcpt: i as u16,
-                        },
-                    )
+                .filter_map(|(i, r)| {
+                    let rcpt = u16::try_from(i).ok()?;
+                    Some((rcpt_domain(&r.address), Pair { id: tid, rcpt }))
                 })
                 .collect();
             for (d, p) in pairs {

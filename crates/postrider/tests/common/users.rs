@@ -40,7 +40,12 @@ pub fn ensure(name: &str) -> Ids {
     }
     let mut cmd = Command::new("useradd");
     if name == DAEMON_USER {
-        cmd.args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]);
+        cmd.args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
     } else {
         cmd.args(["--no-create-home", "--shell", "/bin/sh"]);
     }
