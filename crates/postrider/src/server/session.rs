@@ -36,6 +36,11 @@ struct Txn {
     owners: Vec<(String, String)>,
     /// BDAT in progress: the content so far.
     chunked: Option<Chunked>,
+    /// The recipients' addresses, ASCII-lowercased, to drop duplicates.
+    seen: std::collections::HashSet<String>,
+    /// A milter said DISCARD at MAIL or RCPT: the message is accepted and dropped (as
+    /// Postfix does), not delivered.
+    discarded: bool,
 }
 
 struct Chunked {
@@ -366,6 +371,10 @@ impl Session {
         };
         let id = txn.id.to_string();
         let v = m.mail(&from, args, &id).await;
+        if v == crate::milter::Verdict::Discard {
+            info!(queue_id = %id, "a milter discards the message at MAIL");
+            self.txn.as_mut().expect("MAIL accepted").discarded = true;
+        }
         match self.refusal(v) {
             Some(r) => {
                 self.txn = None;
@@ -438,6 +447,8 @@ impl Session {
             rcpts: Vec::new(),
             owners: Vec::new(),
             chunked: None,
+            seen: Default::default(),
+            discarded: false,
         });
         Ok(reply(250, "2.1.0", "Ok"))
     }
@@ -511,8 +522,15 @@ impl Session {
             },
             _ => address,
         };
-        if let Some(m) = self.milters.as_mut() {
+        let discarded = self.txn.as_ref().is_some_and(|t| t.discarded);
+        if let Some(m) = self.milters.as_mut().filter(|_| !discarded) {
             let v = m.rcpt(&address).await;
+            if v == crate::milter::Verdict::Discard
+                && let Some(t) = self.txn.as_mut()
+            {
+                info!(queue_id = %t.id, rcpt = %address, "a milter discards the message at RCPT");
+                t.discarded = true;
+            }
             if let Some(r) = self.refusal(v) {
                 return Err(r);
             }
@@ -520,18 +538,26 @@ impl Session {
         let orcpt = params.orcpt.map(|(kind, addr)| format!("{kind};{addr}"));
         let notify = params.notify.map(to_spool_notify).unwrap_or_default();
         let txn = self.txn.as_mut().expect("checked above");
-        let addresses = if expanded.is_empty() {
+        let addresses: Vec<(String, Option<String>)> = if expanded.is_empty() {
             vec![(address, orcpt)]
         } else {
             let orcpt = orcpt.or_else(|| Some(format!("rfc822;{address}")));
             expanded.into_iter().map(|a| (a, orcpt.clone())).collect()
         };
+        // An alias or list counts as what it expands to: the cap is on the message.
+        let mut fresh: Vec<String> = addresses
+            .iter()
+            .map(|(a, _)| a.to_ascii_lowercase())
+            .filter(|a| !txn.seen.contains(a))
+            .collect();
+        fresh.sort();
+        fresh.dedup();
+        if txn.rcpts.len() + fresh.len() > max_rcpts {
+            return Err(reply(452, "4.5.3", "Error: too many recipients"));
+        }
         for (address, orcpt) in addresses {
-            if txn
-                .rcpts
-                .iter()
-                .any(|r| r.address.eq_ignore_ascii_case(&address))
-            {
+            // A set, not a scan of the list: 65535 recipients must not cost 65535² steps.
+            if !txn.seen.insert(address.to_ascii_lowercase()) {
                 continue;
             }
             if let Some(o) = &list_owner {
@@ -795,6 +821,14 @@ impl Session {
             warn!(queue_id = %txn.id, hops = scan.received, "mail loop: too many Received headers");
             return reply(554, "5.4.6", "Too many hops: mail loop detected");
         }
+        if txn.discarded {
+            let id = txn.id;
+            info!(queue_id = %id, "message discarded by a milter");
+            if let Some(m) = self.milters.as_mut() {
+                m.abort().await;
+            }
+            return reply(250, "2.0.0", &format!("Ok: discarded as {id}"));
+        }
         let env = Envelope {
             id: txn.id,
             arrival: SystemTime::now()
@@ -862,6 +896,17 @@ impl Session {
             if let Some(why) = &changes.quarantine {
                 info!(queue_id = %env.id, reason = %why, "quarantined by a milter: held");
                 env.held = true;
+            }
+            if env.recipients.len() > config::MAX_RECIPIENTS {
+                warn!(queue_id = %env.id, nrcpt = env.recipients.len(), "a milter added recipients past the limit of one message");
+                return reply(
+                    550,
+                    "5.5.3",
+                    &format!(
+                        "Too many recipients: a message has at most {}",
+                        config::MAX_RECIPIENTS
+                    ),
+                );
             }
             if env.recipients.is_empty() {
                 info!(queue_id = %env.id, "a milter removed every recipient: discarded");

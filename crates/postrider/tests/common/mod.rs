@@ -3,6 +3,7 @@
 //! conditions with deadlines instead of sleeping.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod proto;
 pub mod users;
 
 use std::io::{BufRead, BufReader, Read, Write};
