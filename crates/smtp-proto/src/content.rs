@@ -46,11 +46,14 @@ impl ContentScan {
         if self.binary {
             return;
         }
-        for &b in bytes {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
             if self.cr {
                 self.cr = false;
                 if b == b'\n' {
                     self.line_len = 0;
+                    i += 1;
                     continue;
                 }
                 self.bare_cr = true;
@@ -59,17 +62,30 @@ impl ContentScan {
             match b {
                 b'\r' => {
                     self.cr = true;
+                    i += 1;
                     continue;
                 }
                 b'\n' => {
                     self.bare_lf = true;
                     self.line_len = 0;
+                    i += 1;
                     continue;
                 }
-                0 => self.nul = true,
-                _ => {}
+                0 => {
+                    self.nul = true;
+                    self.line_len += 1;
+                    i += 1;
+                }
+                _ => {
+                    // Ordinary octets up to the next CR, LF or NUL count in one step.
+                    let end = bytes[i..]
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n' || c == 0)
+                        .map_or(bytes.len(), |p| i + p);
+                    self.line_len += end - i;
+                    i = end;
+                }
             }
-            self.line_len += 1;
             if self.line_len > MAX_LINE {
                 self.long_line = true;
             }

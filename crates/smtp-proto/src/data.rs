@@ -237,40 +237,43 @@ impl DotStuffer {
     /// Appends the wire form of `input` to `out`.
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 2);
-        let mut start = 0;
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
             if self.pending_cr {
                 self.pending_cr = false;
                 out.extend_from_slice(b"\r\n");
                 self.at_line_start = true;
                 if b == b'\n' {
-                    start = i + 1;
+                    i += 1;
                     continue;
                 }
-                start = i;
             }
             match b {
-                b'\r' | b'\n' => {
-                    out.extend_from_slice(&input[start..i]);
-                    start = i + 1;
-                    if b == b'\r' {
-                        self.pending_cr = true;
-                    } else {
-                        out.extend_from_slice(b"\r\n");
-                        self.at_line_start = true;
-                    }
+                b'\r' => {
+                    self.pending_cr = true;
+                    i += 1;
+                }
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                    i += 1;
                 }
                 _ => {
                     if self.at_line_start && b == b'.' {
-                        out.extend_from_slice(&input[start..i]);
                         out.push(b'.');
-                        start = i;
                     }
                     self.at_line_start = false;
+                    // The rest of the line is copied as one run.
+                    let end = input[i..]
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .map_or(input.len(), |p| i + p);
+                    out.extend_from_slice(&input[i..end]);
+                    i = end;
                 }
             }
         }
-        out.extend_from_slice(&input[start..]);
     }
 
     /// Ends the data: a CRLF if the content did not end with one, then ".\r\n".
