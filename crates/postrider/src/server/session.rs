@@ -672,7 +672,7 @@ impl Session {
         let mut policy = ContentScan::new(false);
         let mut out = Vec::with_capacity(64 * 1024);
         let data_timeout = self.cfg.smtp.data_timeout;
-        let outcome = loop {
+        loop {
             let end = decoder.decode(&mut conn.inbuf, &mut out);
             if !out.is_empty() {
                 scan.feed(&out);
@@ -682,16 +682,17 @@ impl Session {
                 }
                 out.clear();
             }
-            if let Some(end) = end {
-                break end;
+            if end.is_some() {
+                break;
             }
             if let Err(next) = self.fill_content(conn, data_timeout).await {
                 return Some(next);
             }
-        };
-        // The decoder's own findings are the wire's (a stuffing dot counts to the line);
-        // the content policy sees what would be stored, as it does for BDAT.
-        let verdict = policy.finish().and(outcome.violation().map_or(Ok(()), Err));
+        }
+        // The content policy judges what would be stored, as for BDAT, so both answer alike
+        // for the same content (the decoder's own flags are the wire's: a stuffing dot
+        // would count to a line's length there).
+        let verdict = policy.finish();
         let r = if decoder.exceeded() {
             too_big()
         } else if let Err(v) = verdict {
