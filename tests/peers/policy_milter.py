@@ -8,6 +8,9 @@
   Subject containing "addrcpt"   -> recipient extra@dst.test added
   Subject containing "quarantine"-> quarantined
   Subject containing "reject"    -> 554 5.7.1 at end of message
+  sender containing "discard"    -> DISCARD at MAIL
+  recipient containing "discard" -> DISCARD at RCPT
+  Subject containing "chghdr"    -> the first X-Edit header changed to "edited"
 
     policy_milter.py PORT
 """
@@ -25,12 +28,16 @@ class Policy(Milter.Base):
         if "tempfail" in mailfrom:
             self.setreply("451", "4.7.1", "sender tempfailed by policy")
             return Milter.TEMPFAIL
+        if "discard" in mailfrom:
+            return Milter.DISCARD
         return Milter.CONTINUE
 
     def envrcpt(self, to, *params):
         if "blocked" in to:
             self.setreply("550", "5.7.1", "recipient blocked by policy")
             return Milter.REJECT
+        if "discard" in to:
+            return Milter.DISCARD
         return Milter.CONTINUE
 
     def header(self, name, value):
@@ -47,6 +54,8 @@ class Policy(Milter.Base):
             self.replacebody(b"replaced by the policy milter\r\n")
         if "addrcpt" in self.subject:
             self.addrcpt("<extra@dst.test>")
+        if "chghdr" in self.subject:
+            self.chgheader("X-Edit", 1, "edited")
         if "quarantine" in self.subject:
             self.quarantine("suspicious")
         return Milter.ACCEPT
@@ -55,7 +64,7 @@ class Policy(Milter.Base):
 def main():
     port = sys.argv[1]
     Milter.factory = Policy
-    Milter.set_flags(Milter.ADDHDRS | Milter.CHGBODY | Milter.ADDRCPT | Milter.QUARANTINE)
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGBODY | Milter.ADDRCPT | Milter.QUARANTINE | Milter.CHGHDRS)
     Milter.runmilter("policy", f"inet:{port}@127.0.0.1", 30)
 
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-pub use route::{LmtpTarget, RoutePattern, RouteTable, RouteTarget};
+pub use route::{LmtpTarget, RoutePattern, RouteTable, RouteTarget, normalize_domain};
 pub use values::{Cidr, MilterAddress, format_duration, parse_duration, parse_size};
 
 /// The whole configuration, with defaults filled in.
@@ -42,6 +42,10 @@ pub struct Config {
     pub control: Control,
     pub log: Log,
 }
+
+/// Recipients one message may have: the spool numbers them with a u16 (queue ids `ID.XXXX`,
+/// four hex digits), so more could not be told apart.
+pub const MAX_RECIPIENTS: usize = 65_535;
 
 #[derive(Debug, Clone)]
 pub struct Smtp {
@@ -673,7 +677,7 @@ impl Walker<'_> {
     fn domains(&mut self, v: &V<'_>, key: &str) -> Option<Vec<String>> {
         self.list(v, key, |w, i| {
             w.parsed(i, key, |s| {
-                let d = s.trim_end_matches('.').to_ascii_lowercase();
+                let d = route::normalize_domain(s);
                 if route::valid_hostname(&d) {
                     Ok(d)
                 } else {
@@ -796,7 +800,11 @@ impl Walker<'_> {
                     }
                 }
                 "max_message_size" => set(&mut s.max_message_size, self.size(v, key)),
-                "max_recipients" => set(&mut s.max_recipients, self.usize(v, key, 1)),
+                "max_recipients" => set(
+                    &mut s.max_recipients,
+                    self.integer(v, key, 1, MAX_RECIPIENTS as u64)
+                        .map(|n| n as usize),
+                ),
                 "max_connections" => set(&mut s.max_connections, self.usize(v, key, 1)),
                 "max_connections_per_client" => {
                     set(&mut s.max_connections_per_client, self.usize(v, key, 1))
@@ -1101,6 +1109,19 @@ fn parse_lmtp(s: &str) -> Result<LmtpTarget, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_recipients_fits_a_recipient_index() {
+        let c = Config::parse("[smtp]\nmax_recipients = 65535\n", "m.toml").unwrap();
+        assert_eq!(c.smtp.max_recipients, MAX_RECIPIENTS);
+        let errs = Config::parse("[smtp]\n\nmax_recipients = 65536\n", "m.toml").unwrap_err();
+        let e = errs.to_string();
+        assert!(e.contains("m.toml:3:"), "{e}");
+        assert!(
+            e.contains("smtp.max_recipients") && e.contains("65535"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn empty_file_is_defaults() {

@@ -190,13 +190,20 @@ impl FromStr for RoutePattern {
         if !valid_hostname(name) {
             return Err(err(format!("'{s}' is not a domain, '.domain' or '*'")));
         }
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let name = normalize_domain(name);
         Ok(if sub {
             RoutePattern::Subdomains(name)
         } else {
             RoutePattern::Exact(name)
         })
     }
+}
+
+/// The one form of a domain every comparison uses (relay policy, local domains, routes):
+/// final dots dropped, ASCII letters lowercased. Never Unicode case rules: they fold
+/// lookalikes such as the Kelvin sign U+212A onto `k`, which DNS does not.
+pub fn normalize_domain(d: &str) -> String {
+    d.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// A table keyed by domain patterns, looked up longest match first: the route table
@@ -225,9 +232,22 @@ impl<T> RouteTable<T> {
 
     /// The route for `domain`: an exact entry, else the longest `.suffix` entry, else `*`.
     pub fn lookup(&self, domain: &str) -> Option<&T> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.lookup_specific(domain)
+            .or_else(|| self.default_entry())
+    }
+
+    /// The `*` entry, if any.
+    pub fn default_entry(&self) -> Option<&T> {
+        self.entries
+            .iter()
+            .find(|(p, _)| *p == RoutePattern::Default)
+            .map(|(_, t)| t)
+    }
+
+    /// An exact entry for `domain`, else the longest `.suffix` entry; never `*`.
+    pub fn lookup_specific(&self, domain: &str) -> Option<&T> {
+        let domain = normalize_domain(domain);
         let mut best: Option<(usize, &T)> = None;
-        let mut default = None;
         for (pat, target) in &self.entries {
             match pat {
                 RoutePattern::Exact(d) if *d == domain => return Some(target),
@@ -239,11 +259,10 @@ impl<T> RouteTable<T> {
                         best = Some((d.len(), target));
                     }
                 }
-                RoutePattern::Default => default = Some(target),
-                RoutePattern::Exact(_) => {}
+                RoutePattern::Default | RoutePattern::Exact(_) => {}
             }
         }
-        best.map(|(_, t)| t).or(default)
+        best.map(|(_, t)| t)
     }
 }
 

@@ -579,68 +579,128 @@ pub fn read_header_section(r: &mut dyn Read) -> Vec<u8> {
     head
 }
 
-/// Splits a header section into (name, raw value) pairs; folded lines stay in the value
-/// with their CRLF.
-pub fn parse_headers(head: &[u8]) -> Vec<(String, String)> {
-    let text = String::from_utf8_lossy(head);
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in text.split("\r\n") {
-        if line.is_empty() {
+/// One field of a header section as it was received: its name (the bytes before the colon,
+/// white space before the colon dropped; `None` for a line without a colon) and every octet
+/// of it, continuation lines and CRLFs included.
+struct Field {
+    name: Option<Vec<u8>>,
+    raw: Vec<u8>,
+}
+
+/// Splits a header section into its fields, byte for byte, and what follows them (the blank
+/// line, or a partial line when the section was cut at [`MAX_HEADER_SECTION`]).
+fn split_fields(head: &[u8]) -> (Vec<Field>, &[u8]) {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut pos = 0;
+    while pos < head.len() {
+        let Some(nl) = head[pos..].iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let line = &head[pos..pos + nl + 1];
+        if line == b"\r\n" || line == b"\n" {
             break;
         }
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.1.push_str("\r\n");
-                last.1.push_str(line);
+        match fields.last_mut() {
+            Some(last) if line[0] == b' ' || line[0] == b'\t' => last.raw.extend_from_slice(line),
+            _ => {
+                let name = line.iter().position(|&b| b == b':').map(|c| {
+                    let mut n = &line[..c];
+                    while let [rest @ .., b' ' | b'\t'] = n {
+                        n = rest;
+                    }
+                    n.to_vec()
+                });
+                fields.push(Field {
+                    name,
+                    raw: line.to_vec(),
+                });
             }
-            continue;
         }
-        if let Some((name, value)) = line.split_once(':') {
-            out.push((name.to_string(), value.to_string()));
-        }
+        pos += nl + 1;
     }
-    out
+    (fields, &head[pos..])
+}
+
+/// The header fields as (name, value) text for the milters' header stage; folded lines stay
+/// in the value with their CRLF. Lines without a colon are not fields and are not sent.
+pub fn parse_headers(head: &[u8]) -> Vec<(String, String)> {
+    split_fields(head)
+        .0
+        .into_iter()
+        .filter_map(|f| {
+            let name = f.name?;
+            let colon = f.raw.iter().position(|&b| b == b':')?;
+            let value = f.raw[colon + 1..]
+                .strip_suffix(b"\r\n")
+                .unwrap_or(&f.raw[colon + 1..]);
+            Some((
+                String::from_utf8_lossy(&name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn new_field(name: &[u8], value: &str) -> Field {
+    let mut raw = name.to_vec();
+    raw.extend_from_slice(b": ");
+    // Milters send LF line breaks inside values; mail needs CRLF.
+    raw.extend_from_slice(value.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes());
+    raw.extend_from_slice(b"\r\n");
+    Field {
+        name: Some(name.to_vec()),
+        raw,
+    }
 }
 
 /// Rebuilds the header section with the milters' changes (sendmail's semantics: add
 /// appends, insert puts before the `index`th header (0 = first), change/delete the
-/// `index`th header of that name).
+/// `index`th header of that name). Byte-exact: every field no change names keeps its
+/// octets (non-UTF-8, odd lines without a colon, folding); only edited fields differ.
 pub fn apply_headers(head: &[u8], changes: &[HeaderChange]) -> Vec<u8> {
-    let mut headers = parse_headers(head);
+    let (mut fields, tail) = split_fields(head);
     for ch in changes {
         match ch {
-            HeaderChange::Add { name, value } => headers.push((name.clone(), format!(" {value}"))),
+            HeaderChange::Add { name, value } => fields.push(new_field(name.as_bytes(), value)),
             HeaderChange::Insert { index, name, value } => {
-                let at = (*index as usize).min(headers.len());
-                headers.insert(at, (name.clone(), format!(" {value}")));
+                let at = (*index as usize).min(fields.len());
+                fields.insert(at, new_field(name.as_bytes(), value));
             }
             HeaderChange::Change { index, name, value } => {
-                let pos = headers
+                let pos = fields
                     .iter()
                     .enumerate()
-                    .filter(|(_, (n, _))| n.eq_ignore_ascii_case(name))
+                    .filter(|(_, f)| {
+                        f.name
+                            .as_deref()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+                    })
                     .nth((*index as usize).saturating_sub(1))
                     .map(|(i, _)| i);
                 match (pos, value.is_empty()) {
                     (Some(i), true) => {
-                        headers.remove(i);
+                        fields.remove(i);
                     }
-                    (Some(i), false) => headers[i].1 = format!(" {value}"),
-                    (None, false) => headers.push((name.clone(), format!(" {value}"))),
+                    (Some(i), false) => {
+                        let original = fields[i].name.clone().unwrap_or_default();
+                        fields[i] = new_field(&original, value);
+                    }
+                    (None, false) => fields.push(new_field(name.as_bytes(), value)),
                     (None, true) => {}
                 }
             }
         }
     }
     let mut out = Vec::with_capacity(head.len() + 256);
-    for (n, v) in headers {
-        out.extend_from_slice(n.as_bytes());
-        out.push(b':');
-        // Milters send LF line breaks inside values; mail needs CRLF.
-        out.extend_from_slice(v.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes());
-        out.extend_from_slice(b"\r\n");
+    for f in fields {
+        out.extend_from_slice(&f.raw);
     }
-    out.extend_from_slice(b"\r\n");
+    if tail.is_empty() {
+        // The content had no body: the section still needs its end.
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(tail);
+    }
     out
 }
 
@@ -682,6 +742,30 @@ mod tests {
     }
 
     #[test]
+    fn header_edits_are_byte_exact() {
+        let head: &[u8] = b"Received: from x\r\n\tby y\r\nSubject: caf\xe9 \xff\r\nnot a header line\r\nX-A : 1\r\nX-Bin: \x80\x81\r\n\r\n";
+        let out = apply_headers(
+            head,
+            &[HeaderChange::Change {
+                index: 1,
+                name: "x-a".into(),
+                value: "2".into(),
+            }],
+        );
+        assert_eq!(
+            out,
+            &b"Received: from x\r\n\tby y\r\nSubject: caf\xe9 \xff\r\nnot a header line\r\nX-A: 2\r\nX-Bin: \x80\x81\r\n\r\n"[..]
+        );
+        assert_eq!(apply_headers(head, &[]), head, "no change, no difference");
+        let cut: &[u8] = b"A: 1\r\nB: partial";
+        assert_eq!(
+            apply_headers(cut, &[]),
+            cut,
+            "a cut section stays cut, no blank line added"
+        );
+    }
+
+    #[test]
     fn replies_from_milters() {
         let r = reply_of("550 5.7.1 no thanks");
         assert_eq!(r.code(), 550);
@@ -704,6 +788,7 @@ mod tests {
             ];
             let out = apply_headers(head.as_bytes(), &changes);
             proptest::prop_assert!(out.ends_with(b"\r\n\r\n") || out == b"\r\n");
+            proptest::prop_assert_eq!(&apply_headers(head.as_bytes(), &[]), head.as_bytes());
             // Every line of the result is a header or a continuation: nothing leaks into the body.
             let text = String::from_utf8(out).unwrap();
             for line in text.trim_end_matches("\r\n").split("\r\n").filter(|l| !l.is_empty()) {

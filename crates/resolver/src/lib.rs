@@ -346,7 +346,7 @@ impl Resolver {
     /// result. The lookup runs in its own task, so a caller that is cancelled does not
     /// cancel it for the others.
     pub async fn resolve(&self, domain: &str) -> Result<Vec<Destination>, Failure> {
-        let key = domain.trim_end_matches('.').to_ascii_lowercase();
+        let key = config::normalize_domain(domain);
         let (tx, rx) = oneshot::channel();
         let first = match self.inner.lock_in_flight().entry(key.clone()) {
             Entry::Occupied(mut e) => {
@@ -416,7 +416,14 @@ impl Inner {
                 }],
             );
         }
-        let route = self.cfg.routes.lookup(domain).cloned();
+        // A specific route wins over a local domain, a local domain over the `*` default
+        // (or `"*"` would take the local domains away from LMTP).
+        let local = self.cfg.local_domains.iter().any(|d| d == domain);
+        let route = match self.cfg.routes.lookup_specific(domain) {
+            Some(r) => Some(r.clone()),
+            None if local => None,
+            None => self.cfg.routes.default_entry().cloned(),
+        };
         let dests = match route {
             Some(RouteTarget::Literal { addr, port }) => vec![Destination::Smtp {
                 host: addr.to_string(),
@@ -428,17 +435,15 @@ impl Inner {
             }
             Some(RouteTarget::Mx { domain: d }) => self.mx_destinations(&d).await?,
             Some(RouteTarget::Lmtp(t)) => self.lmtp_destinations(&t).await?,
-            None if self.cfg.local_domains.iter().any(|d| d == domain) => {
-                match self.cfg.lmtp.clone() {
-                    Some(t) => self.lmtp_destinations(&t).await?,
-                    None => {
-                        return Err(Failure::temp(
-                            "4.3.5",
-                            format!("{domain} is a local domain but no [local] lmtp is configured"),
-                        ));
-                    }
+            None if local => match self.cfg.lmtp.clone() {
+                Some(t) => self.lmtp_destinations(&t).await?,
+                None => {
+                    return Err(Failure::temp(
+                        "4.3.5",
+                        format!("{domain} is a local domain but no [local] lmtp is configured"),
+                    ));
                 }
-            }
+            },
             None => self.mx_destinations(domain).await?,
         };
         self.finish(domain, dests)
@@ -891,6 +896,41 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn local_domains_win_over_the_default_route_only() {
+        let route = |s: &str, t: &str| (s.parse().unwrap(), t.parse().unwrap());
+        let (mut r, _silent) = silent_resolver(Duration::from_millis(10));
+        let cfg = ResolverConfig {
+            routes: RouteTable::new(vec![
+                route("*", "[192.0.2.1]:25"),
+                route("routed.test", "[192.0.2.2]:25"),
+            ]),
+            local_domains: vec!["local.test".into(), "routed.test".into()],
+            lmtp: Some(LmtpTarget::Inet("127.0.0.1:24".parse().unwrap())),
+            ..r.inner.cfg.clone()
+        };
+        r = Resolver::new(cfg).unwrap();
+        let addr = |d: &str| {
+            let dests = rt().block_on(r.resolve(d)).unwrap();
+            (
+                matches!(dests[0], Destination::Lmtp { .. }),
+                dests[0].socket_addr(),
+            )
+        };
+        assert_eq!(
+            addr("Local.TEST."),
+            (true, Some("127.0.0.1:24".parse().unwrap()))
+        );
+        assert_eq!(
+            addr("routed.test"),
+            (false, Some("192.0.2.2:25".parse().unwrap()))
+        );
+        assert_eq!(
+            addr("elsewhere.test"),
+            (false, Some("192.0.2.1:25".parse().unwrap()))
+        );
     }
 
     #[test]

@@ -206,13 +206,18 @@ impl DataDecoder {
 }
 
 /// Streaming dot-stuffer for the client: stored content in, DATA wire form out.
+///
+/// The wire form is canonical by construction: every line ends with CRLF (a bare CR or LF
+/// left in stored content becomes one, as Postfix's record-based queue does), and a "." at
+/// the start of every line is doubled. So the DATA a strict next hop reads and the DATA a
+/// next hop that takes bare CR or LF as a line end reads are the same, and neither can see
+/// an end of data before ours. BINARYMIME content never comes here; it leaves by BDAT.
 #[derive(Debug, Clone)]
 pub struct DotStuffer {
-    /// The last byte written was LF (or nothing was written yet).
+    /// The last octets written were CRLF (or nothing was written yet).
     at_line_start: bool,
-    /// The last two bytes were CRLF.
-    ended_crlf: bool,
-    prev_cr: bool,
+    /// A CR was read and not yet written: CRLF if LF follows, a bare CR made CRLF if not.
+    pending_cr: bool,
 }
 
 impl Default for DotStuffer {
@@ -225,32 +230,55 @@ impl DotStuffer {
     pub fn new() -> Self {
         DotStuffer {
             at_line_start: true,
-            ended_crlf: true,
-            prev_cr: false,
+            pending_cr: false,
         }
     }
 
-    /// Appends the wire form of `input` to `out`. A "." after any LF is doubled, so even a
-    /// next hop that takes bare LF as a line end cannot see an early end of data.
+    /// Appends the wire form of `input` to `out`.
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 2);
-        let mut start = 0;
-        for (i, &b) in input.iter().enumerate() {
-            if self.at_line_start && b == b'.' {
-                out.extend_from_slice(&input[start..i]);
-                out.push(b'.');
-                start = i;
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            if self.pending_cr {
+                self.pending_cr = false;
+                out.extend_from_slice(b"\r\n");
+                self.at_line_start = true;
+                if b == b'\n' {
+                    i += 1;
+                    continue;
+                }
             }
-            self.at_line_start = b == b'\n';
-            self.ended_crlf = b == b'\n' && self.prev_cr;
-            self.prev_cr = b == b'\r';
+            match b {
+                b'\r' => {
+                    self.pending_cr = true;
+                    i += 1;
+                }
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                    i += 1;
+                }
+                _ => {
+                    if self.at_line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    self.at_line_start = false;
+                    // The rest of the line is copied as one run.
+                    let end = input[i..]
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .map_or(input.len(), |p| i + p);
+                    out.extend_from_slice(&input[i..end]);
+                    i = end;
+                }
+            }
         }
-        out.extend_from_slice(&input[start..]);
     }
 
     /// Ends the data: a CRLF if the content did not end with one, then ".\r\n".
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.ended_crlf {
+        if self.pending_cr || !self.at_line_start {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
@@ -352,6 +380,18 @@ mod tests {
         assert_eq!(out, b".\r\n", "empty content is just the end marker");
     }
 
+    #[test]
+    fn stuffer_makes_bare_line_ends_crlf() {
+        let mut s = DotStuffer::new();
+        let mut out = Vec::new();
+        s.encode(b"hello\r.\r\nMAIL FROM:<ceo@example.org>\n.\nx\r", &mut out);
+        s.finish(&mut out);
+        assert_eq!(
+            out,
+            b"hello\r\n..\r\nMAIL FROM:<ceo@example.org>\r\n..\r\nx\r\n.\r\n"
+        );
+    }
+
     fn wire_of(content: &[u8], cuts: &[usize]) -> Vec<u8> {
         let mut s = DotStuffer::new();
         let mut out = Vec::new();
@@ -377,6 +417,34 @@ mod tests {
             prop_assert_eq!(end, Some(DataEnd::default()));
             prop_assert!(rest.is_empty());
             prop_assert_eq!(out, content);
+        }
+
+        #[test]
+        fn stuffed_wire_is_canonical_for_any_content(content in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a')], 0..200),
+                                                     cuts in proptest::collection::vec(0usize..200, 0..4)) {
+            let mut sorted = cuts.clone();
+            sorted.sort();
+            let wire = wire_of(&content, &sorted);
+            prop_assert_eq!(&wire, &wire_of(&content, &[]), "chunking changes nothing");
+            // No bare CR or LF on the wire, so no reading of line ends differs; every line
+            // that starts with "." but is not the end marker was stuffed.
+            let n = wire.len();
+            for i in 0..n {
+                if wire[i] == b'\r' { prop_assert!(i + 1 < n && wire[i + 1] == b'\n'); }
+                if wire[i] == b'\n' { prop_assert!(i > 0 && wire[i - 1] == b'\r'); }
+            }
+            let lines: Vec<&[u8]> = wire.split(|&b| b == b'\n').collect();
+            let body = &lines[..lines.len() - 2];
+            prop_assert_eq!(lines[lines.len() - 2], &b".\r"[..]);
+            for l in body {
+                prop_assert!(!l.starts_with(b".") || l.starts_with(b".."), "{:?}", l);
+            }
+            let (out, end, rest) = decode_all(&wire);
+            prop_assert_eq!(end, Some(DataEnd::default()));
+            prop_assert!(rest.is_empty());
+            // Decoded, it is the content with bare line ends made CRLF.
+            let canon = wire_of(&out, &[]);
+            prop_assert_eq!(canon, wire);
         }
 
         #[test]

@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod command;
+pub mod content;
 pub mod data;
 pub mod ehlo;
 pub mod line;
@@ -13,6 +14,7 @@ pub mod reply;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use command::{Command, CommandError};
+pub use content::{ContentScan, check_content};
 pub use data::{DataDecoder, DataEnd, DotStuffer, Violation};
 pub use ehlo::Capabilities;
 pub use line::{CommandFramer, Frame};

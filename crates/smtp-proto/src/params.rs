@@ -151,7 +151,10 @@ impl MailParams {
                     set(&mut p.ret, &key, r)?;
                 }
                 ("ENVID", Some(v)) => {
-                    let d = xtext_decode(v).filter(|d| d.len() <= 100).ok_or_else(bad)?;
+                    // RFC 3461 §4.4: an ENVID has at least one character.
+                    let d = xtext_decode(v)
+                        .filter(|d| !d.is_empty() && d.len() <= 100)
+                        .ok_or_else(bad)?;
                     set(&mut p.envid, &key, d)?;
                 }
                 ("AUTH", Some(v)) => {
@@ -295,6 +298,7 @@ mod tests {
             "BODY=9BIT",
             "RET=ALL",
             "ENVID=a+zz",
+            "ENVID=",
             "SMTPUTF8=1",
             "SIZE",
         ] {

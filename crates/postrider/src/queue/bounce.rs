@@ -74,7 +74,8 @@ pub fn pending(env: &Envelope, policy: &Policy) -> Vec<u16> {
         .iter()
         .enumerate()
         .filter(|(_, r)| action_for(env, r, policy, now).is_some())
-        .map(|(i, _)| i as u16)
+        // Never wrap onto another recipient's index (see config::MAX_RECIPIENTS).
+        .filter_map(|(i, _)| u16::try_from(i).ok())
         .collect()
 }
 
@@ -321,6 +322,23 @@ mod tests {
         // ...and the final report still comes.
         e3.recipients[0].state = RcptState::Failed;
         assert_eq!(action(&e3, &policy(Some(3600))), Some(Action::Failed));
+    }
+
+    #[test]
+    fn recipient_indices_never_wrap() {
+        let mut e = env(n(false, false, false, false), RcptState::Failed, "s@x.test");
+        e.recipients = (0..65_540)
+            .map(|i| Recipient {
+                address: format!("r{i}@d.test"),
+                state: RcptState::Failed,
+                tries: 1,
+                ..Default::default()
+            })
+            .collect();
+        let p = pending(&e, &policy(None));
+        assert_eq!(p.len(), 65_536, "indices 0..=65535 only");
+        assert_eq!(p.iter().filter(|&&i| i < 4).count(), 4, "r0-r3 once each");
+        assert_eq!(p.last(), Some(&u16::MAX));
     }
 
     #[test]

@@ -119,6 +119,27 @@ fn unix_now() -> u64 {
 }
 
 /// The domain a recipient is scheduled under.
+/// A message's open recipients, and those to schedule as (domain, pair). Entry paths cap a
+/// message at config::MAX_RECIPIENTS; a recipient past the u16 index stays open (kept,
+/// visible in the queue) rather than wrapping onto another's index.
+fn schedulable(env: &Envelope) -> (usize, Vec<(String, Pair)>) {
+    let mut open = 0;
+    let mut pairs = Vec::new();
+    for (i, r) in env.recipients.iter().enumerate() {
+        if matches!(r.state, RcptState::Delivered | RcptState::Failed) {
+            continue;
+        }
+        open += 1;
+        if env.held {
+            continue;
+        }
+        if let Ok(rcpt) = u16::try_from(i) {
+            pairs.push((rcpt_domain(&r.address), Pair { id: env.id, rcpt }));
+        }
+    }
+    (open, pairs)
+}
+
 pub fn rcpt_domain(address: &str) -> String {
     match address.rsplit_once('@') {
         Some((_, d)) => d.trim_end_matches('.').to_ascii_lowercase(),
@@ -176,17 +197,11 @@ impl Manager {
 
     fn insert(&mut self, env: Envelope, mref: MessageRef, size: u64, new: bool, now: Instant) {
         let id = env.id;
-        let mut open = 0;
-        for (i, r) in env.recipients.iter().enumerate() {
-            if matches!(r.state, RcptState::Delivered | RcptState::Failed) {
-                continue;
-            }
-            open += 1;
-            if env.held {
-                continue;
-            }
-            let pair = Pair { id, rcpt: i as u16 };
-            let domain = rcpt_domain(&r.address);
+        let (open, pairs) = schedulable(&env);
+        if env.recipients.len() > usize::from(u16::MAX) + 1 {
+            tracing::error!(queue_id = %id, recipients = env.recipients.len(), "recipients beyond index 65535 not scheduled; they stay queued");
+        }
+        for (domain, pair) in pairs {
             if new {
                 self.sched.add_new(&domain, pair, now);
             } else {
@@ -675,14 +690,9 @@ impl Manager {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| !matches!(r.state, RcptState::Delivered | RcptState::Failed))
-                .map(|(i, r)| {
-                    (
-                        rcpt_domain(&r.address),
-                        Pair {
-                            id: tid,
-                            rcpt: i as u16,
-                        },
-                    )
+                .filter_map(|(i, r)| {
+                    let rcpt = u16::try_from(i).ok()?;
+                    Some((rcpt_domain(&r.address), Pair { id: tid, rcpt }))
                 })
                 .collect();
             for (d, p) in pairs {
@@ -717,5 +727,38 @@ impl Manager {
             s.backoff_levels[l] += 1;
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod recipient_index_tests {
+    use super::*;
+
+    #[test]
+    fn indices_past_65535_are_kept_open_never_wrapped() {
+        let env = Envelope {
+            id: TxnId(7),
+            arrival: 0,
+            sender: String::new(),
+            envid: None,
+            ret: None,
+            body: spool::BodyType::SevenBit,
+            smtputf8: false,
+            client: String::new(),
+            held: false,
+            kind: Default::default(),
+            recipients: (0..65_540)
+                .map(|i| spool::Recipient {
+                    address: format!("r{i}@d.test"),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let (open, pairs) = schedulable(&env);
+        assert_eq!(open, 65_540, "nothing past the index is dropped");
+        let mut idx: Vec<u16> = pairs.iter().map(|(_, p)| p.rcpt).collect();
+        idx.dedup();
+        assert_eq!(idx.len(), 65_536, "each index once: r0-r3 not twice");
+        assert_eq!(idx.last(), Some(&u16::MAX));
     }
 }

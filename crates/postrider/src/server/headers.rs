@@ -107,7 +107,7 @@ pub struct HeaderScan {
     pub has_from: bool,
 }
 
-const PREFIX_MAX: usize = 16;
+const PREFIX_MAX: usize = 32;
 
 impl HeaderScan {
     pub fn new() -> Self {
@@ -157,10 +157,14 @@ impl HeaderScan {
             self.done = true;
             return;
         }
+        // RFC 5322 §4.5.3 (obs-optional): white space may come between name and colon.
         let name_is = |name: &[u8]| {
             line.len() > name.len()
                 && line[..name.len()].eq_ignore_ascii_case(name)
-                && line[name.len()] == b':'
+                && line[name.len()..]
+                    .iter()
+                    .find(|&&b| b != b' ' && b != b'\t')
+                    == Some(&b':')
         };
         if name_is(b"received") {
             self.received += 1;
@@ -226,7 +230,14 @@ mod tests {
     #[test]
     fn scan_ignores_lookalike_fields() {
         let mut s = HeaderScan::new();
-        s.feed(b"Received-SPF: pass\r\nX-Received: y\r\nReceived:z\r\n\r\n");
+        s.feed(b"Received-SPF: pass\r\nX-Received: y\r\nReceived:z\r\nReceivedx : y\r\n\r\n");
         assert_eq!(s.received, 1);
+    }
+
+    #[test]
+    fn scan_counts_obsolete_received_forms() {
+        let mut s = HeaderScan::new();
+        s.feed(b"RECEIVED : a\r\nreceived\t: b\r\nReceived   \t  :c\r\n\r\n");
+        assert_eq!(s.received, 3);
     }
 }

@@ -29,10 +29,8 @@ pub struct RelayPolicy<'a> {
     pub relay_domains: &'a [String],
 }
 
-/// Lowercases and drops one trailing dot: `Example.ORG.` and `example.org` are one domain.
-pub fn normalize_domain(d: &str) -> String {
-    d.strip_suffix('.').unwrap_or(d).to_lowercase()
-}
+/// `Example.ORG.` and `example.org` are one domain; the same rule routing uses.
+pub use config::normalize_domain;
 
 fn listed(list: &[String], domain: &str) -> bool {
     list.iter().any(|d| d.eq_ignore_ascii_case(domain))
@@ -75,7 +73,10 @@ mod tests {
     use super::*;
 
     fn policy() -> (Vec<String>, Vec<String>) {
-        (vec!["example.org".into()], vec!["partner.test".into()])
+        (
+            vec!["example.org".into(), "kb.example".into()],
+            vec!["partner.test".into()],
+        )
     }
 
     #[test]
@@ -102,6 +103,8 @@ mod tests {
             ("user", Name("xample.org"), Denied),
             ("user", Name("exämple.org"), Denied), // IDN lookalike
             ("user", Name("sub.example.org"), Denied),
+            // Kelvin sign: Unicode lowercasing would make it "k", DNS and routing do not.
+            ("user", Name("\u{212A}b.example"), Denied),
         ];
         for (lp, d, want) in cases {
             assert_eq!(p.decide(lp, d, false), want, "{lp} @ {d:?}");

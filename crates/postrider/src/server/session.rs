@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use smtp_proto::{
-    BodyType as WireBody, Command, CommandFramer, DataDecoder, Domain, ForwardPath, Frame,
-    MailParams, RcptParams, Reply, ReversePath, Violation,
+    BodyType as WireBody, Command, CommandFramer, ContentScan, DataDecoder, Domain, ForwardPath,
+    Frame, MailParams, RcptParams, Reply, ReversePath, Violation,
 };
 use spool::{BodyType, ContentWriter, DsnRet, Envelope, Notify, Recipient, TxnId};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,13 +36,48 @@ struct Txn {
     owners: Vec<(String, String)>,
     /// BDAT in progress: the content so far.
     chunked: Option<Chunked>,
+    /// The recipients' addresses, ASCII-lowercased, to drop duplicates.
+    seen: std::collections::HashSet<String>,
+    /// A milter said DISCARD at MAIL or RCPT: the message is accepted and dropped (as
+    /// Postfix does), not delivered.
+    discarded: bool,
 }
 
 struct Chunked {
     content: ContentWriter,
     scan: HeaderScan,
+    policy: ContentScan,
     size: u64,
-    too_big: bool,
+    /// Why the transaction can no longer succeed; later chunks are read and dropped.
+    failed: Option<ChunkFailure>,
+}
+
+/// Why a BDAT transaction failed; each has the reply DATA gives for the same thing.
+enum ChunkFailure {
+    TooBig,
+    /// Writing the content failed (disk full, I/O error): temporary.
+    Spool(spool::SpoolError),
+    /// The content broke the content policy (bare CR/LF, NUL, a long line).
+    Content(Violation),
+}
+
+impl ChunkFailure {
+    fn reply(&self) -> Reply {
+        match self {
+            ChunkFailure::TooBig => too_big(),
+            ChunkFailure::Spool(e) => spool_error_reply(e),
+            ChunkFailure::Content(v) => v.reply(),
+        }
+    }
+}
+
+fn too_big() -> Reply {
+    reply(552, "5.3.4", "Message size exceeds fixed limit")
+}
+
+/// Logs a content policy refusal; one line with the transaction's queue id.
+fn log_violation(id: TxnId, peer: SocketAddr, v: Violation) {
+    warn!(queue_id = %id, client = %peer, "message refused: {}", v.describe());
 }
 
 pub struct Session {
@@ -336,6 +371,10 @@ impl Session {
         };
         let id = txn.id.to_string();
         let v = m.mail(&from, args, &id).await;
+        if v == crate::milter::Verdict::Discard {
+            info!(queue_id = %id, "a milter discards the message at MAIL");
+            self.txn.as_mut().expect("MAIL accepted").discarded = true;
+        }
         match self.refusal(v) {
             Some(r) => {
                 self.txn = None;
@@ -408,6 +447,8 @@ impl Session {
             rcpts: Vec::new(),
             owners: Vec::new(),
             chunked: None,
+            seen: Default::default(),
+            discarded: false,
         });
         Ok(reply(250, "2.1.0", "Ok"))
     }
@@ -481,8 +522,15 @@ impl Session {
             },
             _ => address,
         };
-        if let Some(m) = self.milters.as_mut() {
+        let discarded = self.txn.as_ref().is_some_and(|t| t.discarded);
+        if let Some(m) = self.milters.as_mut().filter(|_| !discarded) {
             let v = m.rcpt(&address).await;
+            if v == crate::milter::Verdict::Discard
+                && let Some(t) = self.txn.as_mut()
+            {
+                info!(queue_id = %t.id, rcpt = %address, "a milter discards the message at RCPT");
+                t.discarded = true;
+            }
             if let Some(r) = self.refusal(v) {
                 return Err(r);
             }
@@ -490,18 +538,26 @@ impl Session {
         let orcpt = params.orcpt.map(|(kind, addr)| format!("{kind};{addr}"));
         let notify = params.notify.map(to_spool_notify).unwrap_or_default();
         let txn = self.txn.as_mut().expect("checked above");
-        let addresses = if expanded.is_empty() {
+        let addresses: Vec<(String, Option<String>)> = if expanded.is_empty() {
             vec![(address, orcpt)]
         } else {
             let orcpt = orcpt.or_else(|| Some(format!("rfc822;{address}")));
             expanded.into_iter().map(|a| (a, orcpt.clone())).collect()
         };
+        // An alias or list counts as what it expands to: the cap is on the message.
+        let mut fresh: Vec<String> = addresses
+            .iter()
+            .map(|(a, _)| a.to_ascii_lowercase())
+            .filter(|a| !txn.seen.contains(a))
+            .collect();
+        fresh.sort();
+        fresh.dedup();
+        if txn.rcpts.len() + fresh.len() > max_rcpts {
+            return Err(reply(452, "4.5.3", "Error: too many recipients"));
+        }
         for (address, orcpt) in addresses {
-            if txn
-                .rcpts
-                .iter()
-                .any(|r| r.address.eq_ignore_ascii_case(&address))
-            {
+            // A set, not a scan of the list: 65535 recipients must not cost 65535² steps.
+            if !txn.seen.insert(address.to_ascii_lowercase()) {
                 continue;
             }
             if let Some(o) = &list_owner {
@@ -604,6 +660,7 @@ impl Session {
             );
             return None;
         }
+        let txn_id = txn.id;
         let mut content = self.ctx.spool.content_writer(txn.id);
         let received = self.received_header(txn);
         let mut failed = content.write(received.as_bytes()).await.err();
@@ -611,44 +668,36 @@ impl Session {
         let max = self.cfg.smtp.max_message_size;
         let mut decoder = DataDecoder::new(max);
         let mut scan = HeaderScan::new();
+        // DATA is never BINARYMIME (refused above); the same policy as BDAT decides.
+        let mut policy = ContentScan::new(false);
         let mut out = Vec::with_capacity(64 * 1024);
         let data_timeout = self.cfg.smtp.data_timeout;
-        let outcome = loop {
+        loop {
             let end = decoder.decode(&mut conn.inbuf, &mut out);
             if !out.is_empty() {
                 scan.feed(&out);
+                policy.feed(&out);
                 if failed.is_none() && !decoder.exceeded() {
                     failed = content.write(&out).await.err();
                 }
                 out.clear();
             }
-            if let Some(end) = end {
-                break end;
+            if end.is_some() {
+                break;
             }
             if let Err(next) = self.fill_content(conn, data_timeout).await {
                 return Some(next);
             }
-        };
+        }
+        // The content policy judges what would be stored, as for BDAT, so both answer alike
+        // for the same content (the decoder's own flags are the wire's: a stuffing dot
+        // would count to a line's length there).
+        let verdict = policy.finish();
         let r = if decoder.exceeded() {
-            reply(552, "5.3.4", "Message size exceeds fixed limit")
-        } else if let Some(v) = outcome.violation() {
-            let what = match v {
-                Violation::BareLf => "bare <LF>",
-                Violation::BareCr => "bare <CR>",
-                Violation::Nul => "NUL octet",
-                Violation::LineTooLong => "line longer than 1000 octets",
-            };
-            warn!(session = %self.id, client = %self.peer, "message refused: {what}");
-            match v {
-                Violation::LineTooLong => {
-                    reply(552, "5.6.0", "Message has a line longer than 1000 octets")
-                }
-                _ => reply(
-                    550,
-                    "5.6.11",
-                    &format!("Message contains {what} (SMTP smuggling protection)"),
-                ),
-            }
+            too_big()
+        } else if let Err(v) = verdict {
+            log_violation(txn_id, self.peer, v);
+            v.reply()
         } else if let Some(e) = failed {
             spool_error_reply(&e)
         } else {
@@ -667,9 +716,15 @@ impl Session {
     ) -> Option<Next> {
         // The chunk must be read even when the command fails, or its bytes would be taken
         // as commands.
-        let ok = self.check_data_allowed();
+        let ok = if self.esmtp {
+            self.check_data_allowed()
+        } else {
+            // CHUNKING is an ESMTP extension (RFC 3030): only offered after EHLO.
+            Err(reply(503, "5.5.1", "Error: BDAT needs EHLO"))
+        };
         if ok.is_ok() && self.txn.as_ref().is_some_and(|t| t.chunked.is_none()) {
             let txn = self.txn.as_ref().expect("checked");
+            let binary = txn.params.body == Some(WireBody::BinaryMime);
             let mut content = self.ctx.spool.content_writer(txn.id);
             let received = self.received_header(txn);
             let err = content.write(received.as_bytes()).await.err();
@@ -677,8 +732,9 @@ impl Session {
             txn.chunked = Some(Chunked {
                 content,
                 scan: HeaderScan::new(),
+                policy: ContentScan::new(binary),
                 size: 0,
-                too_big: err.is_some(),
+                failed: err.map(ChunkFailure::Spool),
             });
         }
         let max = self.cfg.smtp.max_message_size;
@@ -695,13 +751,19 @@ impl Session {
                 && let Some(ch) = self.txn.as_mut().and_then(|t| t.chunked.as_mut())
             {
                 ch.size += n as u64;
-                if ch.size > max {
-                    ch.too_big = true;
+                if ch.failed.is_none() && ch.size > max {
+                    ch.failed = Some(ChunkFailure::TooBig);
                 }
-                if !ch.too_big {
-                    ch.scan.feed(&conn.inbuf[..n]);
-                    if ch.content.write(&conn.inbuf[..n]).await.is_err() {
-                        ch.too_big = true;
+                if ch.failed.is_none() {
+                    let bytes = &conn.inbuf[..n];
+                    ch.policy.feed(bytes);
+                    if let Some(v) = ch.policy.violation() {
+                        ch.failed = Some(ChunkFailure::Content(v));
+                    } else {
+                        ch.scan.feed(bytes);
+                        if let Err(e) = ch.content.write(bytes).await {
+                            ch.failed = Some(ChunkFailure::Spool(e));
+                        }
                     }
                 }
             }
@@ -712,17 +774,27 @@ impl Session {
             self.push(conn, &r);
             return None;
         }
-        let too_big = self
+        if let Some(ch) = self.txn.as_mut().and_then(|t| t.chunked.as_mut())
+            && ch.failed.is_none()
+            && last
+            && let Err(v) = ch.policy.finish()
+        {
+            ch.failed = Some(ChunkFailure::Content(v));
+        }
+        let failed = self
             .txn
-            .as_ref()
-            .and_then(|t| t.chunked.as_ref())
-            .is_some_and(|c| c.too_big);
-        if too_big {
+            .as_mut()
+            .and_then(|t| t.chunked.as_mut())
+            .and_then(|c| c.failed.take());
+        if let Some(f) = failed {
+            let id = self.txn.as_ref().map_or(self.id, |t| t.id);
+            match &f {
+                ChunkFailure::Content(v) => log_violation(id, self.peer, *v),
+                ChunkFailure::Spool(e) => warn!(queue_id = %id, "writing BDAT content failed: {e}"),
+                ChunkFailure::TooBig => {}
+            }
             self.txn = None;
-            self.push(
-                conn,
-                &reply(552, "5.3.4", "Message size exceeds fixed limit"),
-            );
+            self.push(conn, &f.reply());
             return None;
         }
         if !last {
@@ -749,6 +821,14 @@ impl Session {
         if scan.received >= self.cfg.smtp.max_hops {
             warn!(queue_id = %txn.id, hops = scan.received, "mail loop: too many Received headers");
             return reply(554, "5.4.6", "Too many hops: mail loop detected");
+        }
+        if txn.discarded {
+            let id = txn.id;
+            info!(queue_id = %id, "message discarded by a milter");
+            if let Some(m) = self.milters.as_mut() {
+                m.abort().await;
+            }
+            return reply(250, "2.0.0", &format!("Ok: discarded as {id}"));
         }
         let env = Envelope {
             id: txn.id,
@@ -817,6 +897,17 @@ impl Session {
             if let Some(why) = &changes.quarantine {
                 info!(queue_id = %env.id, reason = %why, "quarantined by a milter: held");
                 env.held = true;
+            }
+            if env.recipients.len() > config::MAX_RECIPIENTS {
+                warn!(queue_id = %env.id, nrcpt = env.recipients.len(), "a milter added recipients past the limit of one message");
+                return reply(
+                    550,
+                    "5.5.3",
+                    &format!(
+                        "Too many recipients: a message has at most {}",
+                        config::MAX_RECIPIENTS
+                    ),
+                );
             }
             if env.recipients.is_empty() {
                 info!(queue_id = %env.id, "a milter removed every recipient: discarded");

@@ -5,6 +5,7 @@
 
 pub mod dovecot;
 pub mod netns;
+pub mod proto;
 pub mod users;
 
 use std::io::{BufRead, BufReader, Read, Write};
