@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use config::Config;
 use smtp_proto::{Domain, Mailbox};
 use spool::{Envelope, Recipient};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::queue::manager::QueueHandle;
 use crate::server::policy::{Decision, RcptDomain, RelayPolicy};
@@ -253,9 +253,27 @@ impl Policy {
         accepted: Accepted,
         msg: &[u8],
     ) -> Result<spool::TxnId, Refusal> {
-        // CONTENT POLICY: the single call site for local submissions. The check on bare CR,
-        // bare LF and NUL that DATA and BDAT use (smtp-proto) goes here, so pickup and
-        // sendmail cannot bypass it; `sendmail` has already turned LF line ends into CRLF.
+        // The content policy DATA and BDAT use, at the one place both local paths pass, so
+        // neither pickup nor the socket can queue what SMTP would refuse. `sendmail` has
+        // already turned LF line ends into CRLF; a bare CR, a NUL or an overlong line remains
+        // refused.
+        if let Err(v) = smtp_proto::check_content(msg, false) {
+            let (code, status) = match v {
+                smtp_proto::Violation::LineTooLong => (552, "5.6.0"),
+                _ => (550, "5.6.11"),
+            };
+            warn!(
+                uid,
+                via,
+                "local submission refused: message contains {}",
+                v.describe()
+            );
+            return Err(Refusal::new(
+                code,
+                status,
+                format!("Message contains {}", v.describe()),
+            ));
+        }
         let temp = |e: spool::SpoolError| {
             if e.is_no_space() {
                 Refusal::new(452, "4.3.1", "Insufficient system storage")

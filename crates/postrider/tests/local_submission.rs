@@ -319,6 +319,10 @@ fn pickup_files_get_the_local_submission_policy() {
         ("c-big", format!("\nx@dst.test\n\nSubject: big\r\n\r\nBIG-8803 {big}\r\n")),
         ("d-relay", "\nx@victim.test\n\nSubject: relay\r\n\r\nRELAY-8804\r\n".into()),
         ("e-fine", "\na@dst.test\nb@dst.test\nc@dst.test\n\nSubject: fine\r\n\r\nFINE-8805\r\n".into()),
+        // The smuggling forms SMTP refuses are refused here too: a next hop that takes a
+        // bare CR or LF as a line end would see a second transaction.
+        ("f-smuggle", "\nx@dst.test\n\nSubject: s\r\n\r\nSMUGGLE-8810\r.\r\nMAIL FROM:<ceo@bank.test>\r\n".into()),
+        ("g-nul", "\nx@dst.test\n\nSubject: n\r\n\r\nNUL-8811 \u{0}\r\n".into()),
     ];
     for (name, content) in &files {
         let path = w.pickup().join(format!("tmp.{name}"));
@@ -351,13 +355,24 @@ fn pickup_files_get_the_local_submission_policy() {
     wait_for(
         "the refused files set aside",
         Duration::from_secs(10),
-        || w.pickup_names() == ["b-many.bad", "c-big.bad", "d-relay.bad"],
+        || {
+            w.pickup_names()
+                == [
+                    "b-many.bad",
+                    "c-big.bad",
+                    "d-relay.bad",
+                    "f-smuggle.bad",
+                    "g-nul.bad",
+                ]
+        },
     );
     let log = w.d.log();
     for (name, why) in [
         ("b-many", "smtp.max_recipients"),
         ("c-big", "smtp.max_message_size"),
         ("d-relay", "Relay access denied"),
+        ("f-smuggle", "bare <CR>"),
+        ("g-nul", "NUL octet"),
     ] {
         assert!(
             log.lines()
@@ -392,6 +407,14 @@ fn pickup_files_get_the_local_submission_policy() {
         b"Subject: s\n\nSOCKET-8808\n",
     );
     assert!(out.status.success(), "{}", text(&out));
+    // sendmail turns LF line ends into CRLF; a bare CR left in the text is still refused.
+    let out = w.sendmail_as(
+        LOCAL_USER,
+        &["x@dst.test"],
+        b"Subject: s\n\nSMUGGLE-8812\r.\r\nMAIL FROM:<ceo@bank.test>\n",
+    );
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert!(text(&out).contains("bare <CR>"), "{}", text(&out));
     wait_for("the socket submission", Duration::from_secs(15), || {
         w.delivered("SOCKET-8808").len() == 1
     });
@@ -409,7 +432,7 @@ fn pickup_files_get_the_local_submission_policy() {
         w.delivered("ROOT-8809").len() == 1
     });
     assert_eq!(w.delivered("ROOT-8809")[0]["mail_from"], "cron@src.test");
-    for refused in ["MANY-88", "BIG-8803", "RELAY-88"] {
+    for refused in ["MANY-88", "BIG-8803", "RELAY-88", "SMUGGLE-88", "NUL-8811"] {
         assert!(w.delivered(refused).is_empty(), "{refused} went out");
     }
     assert_eq!(w.sink.records().len(), 4);
