@@ -6,7 +6,7 @@
     bench/bench.py connection  # 10,000 queued messages drained over one connection
     bench/bench.py milter      # with and without an opendkim milter
     bench/bench.py all
-    POSTRIDER_BASE=/path/to/older/postrider bench/bench.py relay-ab
+    POSTRIDER_BASE=/path/to/older/postrider bench/bench.py relay-ab [SIZE:CONC:MSGS ...]
                              # this build against an older binary, relaying, A B A B
 
 Needs root (perf counts fsync system-wide), Postfix (smtp-source, smtp-sink, postfix) and a
@@ -234,14 +234,14 @@ def relay_case(mta_factory, sink, n, conc, size):
         mta.stop()
 
 
-def relay_ab(base_bin, rounds=3):
+def relay_ab(base_bin, rounds=3, cases=((1024, 10, 10000), (1024, 50, 10000), (32768, 10, 4000))):
     """This build (B) against an older binary (A) on the same relay load, interleaved
     A B A B, each on a fresh daemon: messages per second and CPU milliseconds per message."""
     sink = Sink()
     print("## Relaying, this build against an older one (A B A B, fresh daemon each run)\n")
     print("| size | conc | msgs | A msg/s (median) | B msg/s (median) | B/A | A CPU ms/msg | B CPU ms/msg |")
     print("|---|---|---|---|---|---|---|---|")
-    for size, conc, n in ((1024, 10, 10000), (1024, 50, 10000), (32768, 10, 4000)):
+    for size, conc, n in cases:
         res = {"A": [], "B": []}
         for _ in range(rounds):
             for name, binary in (("A", base_bin), ("B", BIN)):
@@ -421,7 +421,9 @@ def main():
         base_bin = os.environ.get("POSTRIDER_BASE")
         if not base_bin or not os.access(base_bin, os.X_OK):
             sys.exit("relay-ab: set POSTRIDER_BASE to an older postrider binary")
-        relay_ab(base_bin)
+        # Optional SIZE:CONC:MSGS arguments pick the workloads (default: three of them).
+        cases = [tuple(int(x) for x in a.split(":")) for a in sys.argv[2:]]
+        relay_ab(base_bin, cases=cases) if cases else relay_ab(base_bin)
         return
     if what in ("receive", "all"):
         sink = Sink()

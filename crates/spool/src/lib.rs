@@ -548,13 +548,30 @@ impl Spool {
 
     /// Records changes to the queue durably.
     pub async fn update(&self, updates: Vec<Update>) -> Result<(), SpoolError> {
+        self.send_update(updates, false).await
+    }
+
+    /// Records changes durably, letting the writer hold them for a moment (at most
+    /// `writer::MAY_WAIT`) so they share the fsync of a batch that happens anyway instead of
+    /// causing one of their own. For results nobody is waiting on at once: a delivery's
+    /// per-message results, whose only cost of waiting is a slightly wider window in which
+    /// a crash re-sends a message.
+    pub async fn update_soon(&self, updates: Vec<Update>) -> Result<(), SpoolError> {
+        self.send_update(updates, true).await
+    }
+
+    async fn send_update(&self, updates: Vec<Update>, may_wait: bool) -> Result<(), SpoolError> {
         if updates.is_empty() {
             return Ok(());
         }
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(writer::Request::Update { updates, reply })
+            .send(writer::Request::Update {
+                updates,
+                may_wait,
+                reply,
+            })
             .await
             .map_err(|_| SpoolError::Closed)?;
         rx.await.map_err(|_| SpoolError::Closed)?

@@ -34,6 +34,8 @@ pub enum Request {
     },
     Update {
         updates: Vec<Update>,
+        /// May be held up to `MAY_WAIT` for a batch that has to be written anyway.
+        may_wait: bool,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
     Shutdown {
@@ -52,6 +54,19 @@ const MAX_BATCH: usize = 512;
 const RELOCATE_PER_BATCH: usize = 64;
 /// Upper bound of the commit delay (see `Writer::run`).
 const MAX_COMMIT_DELAY: Duration = Duration::from_millis(1);
+/// How long a batch of only `may_wait` updates is held for other requests to join it. Under
+/// load, commits of new mail arrive well within it, so delivery results cost no fsync of
+/// their own; the price is that a crash may re-send the messages whose results were held.
+pub const MAY_WAIT: Duration = Duration::from_millis(2);
+/// How often a held batch looks for requests that must not wait: a commit arriving during
+/// the hold waits at most this long more.
+const MAY_WAIT_SLICE: Duration = Duration::from_micros(200);
+
+impl Request {
+    fn may_wait(&self) -> bool {
+        matches!(self, Request::Update { may_wait: true, .. })
+    }
+}
 
 pub struct Writer {
     cfg: SpoolConfig,
@@ -122,6 +137,18 @@ impl Writer {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
             drain(&mut rx, &mut batch);
+            // Only results that may wait: hold them until a request that may not arrives
+            // (then everything goes in its batch) or the hold ends.
+            if batch.iter().all(Request::may_wait) {
+                let until = Instant::now() + MAY_WAIT;
+                while batch.len() < MAX_BATCH
+                    && batch.iter().all(Request::may_wait)
+                    && Instant::now() < until
+                {
+                    std::thread::sleep(MAY_WAIT_SLICE);
+                    drain(&mut rx, &mut batch);
+                }
+            }
             // Commit delay: when the last batch showed concurrent writers, give the others
             // a fraction of an fsync's time to join this one. A lone client (last batch of
             // one) never waits, so its latency is one fsync.
@@ -250,7 +277,7 @@ impl Writer {
                     };
                     let _ = reply.send(r);
                 }
-                Request::Update { updates, reply } => {
+                Request::Update { updates, reply, .. } => {
                     let r = match &res {
                         Ok(()) => {
                             for u in &updates {

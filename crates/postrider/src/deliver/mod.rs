@@ -361,7 +361,7 @@ impl Recorder {
         let updates: Vec<Update> = results.iter().map(|r| self.update(r)).collect();
         let spool = self.spool.clone();
         // A task of its own, so the write goes ahead while the connection is busy.
-        let write = tokio::spawn(async move { spool.update(updates).await });
+        let write = tokio::spawn(async move { spool.update_soon(updates).await });
         self.writes.push((results, write));
     }
 
