@@ -78,9 +78,7 @@ impl ContentScan {
                 }
                 _ => {
                     // Ordinary octets up to the next CR, LF or NUL count in one step.
-                    let end = bytes[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n' || c == 0)
+                    let end = memchr::memchr3(b'\r', b'\n', 0, &bytes[i..])
                         .map_or(bytes.len(), |p| i + p);
                     self.line_len += end - i;
                     i = end;

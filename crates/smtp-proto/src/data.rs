@@ -138,7 +138,15 @@ impl DataDecoder {
                         self.end.nul = true;
                         self.count(1);
                     }
-                    _ => self.count(1),
+                    _ => {
+                        // Plain octets up to the next CR, LF or NUL are counted in one step
+                        // (they stay in the run copied to `out`): the bulk of every message.
+                        let n =
+                            memchr::memchr3(b'\r', b'\n', 0, &buf[i..]).unwrap_or(buf.len() - i);
+                        self.count(n);
+                        i += n;
+                        continue;
+                    }
                 },
                 State::Cr => {
                     if b == b'\n' {
@@ -265,10 +273,8 @@ impl DotStuffer {
                     }
                     self.at_line_start = false;
                     // The rest of the line is copied as one run.
-                    let end = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .map_or(input.len(), |p| i + p);
+                    let end =
+                        memchr::memchr2(b'\r', b'\n', &input[i..]).map_or(input.len(), |p| i + p);
                     out.extend_from_slice(&input[i..end]);
                     i = end;
                 }
