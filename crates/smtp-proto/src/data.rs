@@ -412,7 +412,52 @@ mod tests {
         out
     }
 
+    /// Content of long plain runs (so the vectorised search takes whole blocks) between
+    /// CRLF, NUL and line-start dots.
+    fn long_runs() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            (
+                0usize..1200,
+                prop_oneof![
+                    Just(&b"\r\n"[..]),
+                    Just(&b"\r\n."[..]),
+                    Just(&b"\0"[..]),
+                    Just(&b"."[..])
+                ],
+            ),
+            0..12,
+        )
+        .prop_map(|segs| {
+            let mut v = Vec::new();
+            for (n, sep) in segs {
+                v.extend(std::iter::repeat_n(b'a', n));
+                v.extend_from_slice(sep);
+            }
+            v.extend_from_slice(b"\r\n");
+            v
+        })
+    }
+
     proptest! {
+        #[test]
+        fn long_runs_decode_and_flag_like_a_byte_by_byte_reading(content in long_runs(), cut in 0usize..20000) {
+            let wire = wire_of(&content, &[cut]);
+            let mut d = DataDecoder::new(u64::MAX);
+            let (mut buf, mut out) = (wire[..cut.min(wire.len())].to_vec(), Vec::new());
+            let first = d.decode(&mut buf, &mut out);
+            prop_assert!(first.is_none() || cut >= wire.len());
+            buf.extend_from_slice(&wire[cut.min(wire.len())..]);
+            let end = first.or_else(|| d.decode(&mut buf, &mut out)).expect("ends");
+            prop_assert_eq!(&out, &content);
+            prop_assert_eq!(d.size(), content.len() as u64);
+            // The wire's own flags, counted octet by octet (a stuffing dot counts).
+            let lines: Vec<&[u8]> = wire.split(|&b| b == b'\n').collect();
+            let long = lines.iter().any(|l| l.len() > 1000 - 1);
+            prop_assert_eq!(end.line_too_long, long);
+            prop_assert_eq!(end.nul, content.contains(&0));
+            prop_assert!(!end.bare_cr && !end.bare_lf);
+        }
+
         #[test]
         fn decode_of_stuff_is_identity(lines in proptest::collection::vec("[.a-z ]{0,20}", 0..10), cuts in proptest::collection::vec(0usize..200, 0..4)) {
             let content: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\r\n").into_bytes()).collect();
