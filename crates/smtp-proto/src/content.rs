@@ -78,9 +78,7 @@ impl ContentScan {
                 }
                 _ => {
                     // Ordinary octets up to the next CR, LF or NUL count in one step.
-                    let end = bytes[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n' || c == 0)
+                    let end = memchr::memchr3(b'\r', b'\n', 0, &bytes[i..])
                         .map_or(bytes.len(), |p| i + p);
                     self.line_len += end - i;
                     i = end;
@@ -239,7 +237,54 @@ mod tests {
             .and_then(|_| s.finish())
     }
 
+    /// The policy read octet by octet, as its definition says.
+    fn byte_by_byte(c: &[u8]) -> Result<(), Violation> {
+        let (mut lf, mut cr, mut nul, mut long, mut len) = (false, false, false, false, 0);
+        for i in 0..c.len() {
+            match c[i] {
+                b'\r' if c.get(i + 1) == Some(&b'\n') => continue,
+                b'\n' => {
+                    lf |= i == 0 || c[i - 1] != b'\r';
+                    len = 0;
+                    continue;
+                }
+                b'\r' => cr = true,
+                0 => nul = true,
+                _ => {}
+            }
+            len += 1;
+            long |= len > MAX_LINE;
+        }
+        [
+            (lf, Violation::BareLf),
+            (cr, Violation::BareCr),
+            (nul, Violation::Nul),
+            (long, Violation::LineTooLong),
+        ]
+        .into_iter()
+        .find_map(|(f, v)| f.then_some(v))
+        .map_or(Ok(()), Err)
+    }
+
     proptest! {
+        #[test]
+        fn long_runs_get_the_byte_by_byte_verdict(
+            segs in proptest::collection::vec((0usize..1100, prop_oneof![6 => Just(&b"\r\n"[..]), 1 => Just(&b"\r"[..]), 1 => Just(&b"\n"[..]), 1 => Just(&b"\0"[..])]), 0..8),
+            cut in 0usize..9000,
+        ) {
+            // Long plain runs make the vectorised search take whole blocks.
+            let mut content = Vec::new();
+            for (n, b) in segs {
+                content.extend(std::iter::repeat_n(b'a', n));
+                content.extend_from_slice(b);
+            }
+            let mut s = ContentScan::new(false);
+            let cut = cut.min(content.len());
+            s.feed(&content[..cut]);
+            s.feed(&content[cut..]);
+            prop_assert_eq!(s.finish(), byte_by_byte(&content));
+        }
+
         #[test]
         fn chunking_never_changes_the_verdict(
             content in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(0u8), Just(b'a')], 0..300),

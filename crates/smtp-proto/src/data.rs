@@ -138,7 +138,15 @@ impl DataDecoder {
                         self.end.nul = true;
                         self.count(1);
                     }
-                    _ => self.count(1),
+                    _ => {
+                        // Plain octets up to the next CR, LF or NUL are counted in one step
+                        // (they stay in the run copied to `out`): the bulk of every message.
+                        let n =
+                            memchr::memchr3(b'\r', b'\n', 0, &buf[i..]).unwrap_or(buf.len() - i);
+                        self.count(n);
+                        i += n;
+                        continue;
+                    }
                 },
                 State::Cr => {
                     if b == b'\n' {
@@ -265,10 +273,8 @@ impl DotStuffer {
                     }
                     self.at_line_start = false;
                     // The rest of the line is copied as one run.
-                    let end = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .map_or(input.len(), |p| i + p);
+                    let end =
+                        memchr::memchr2(b'\r', b'\n', &input[i..]).map_or(input.len(), |p| i + p);
                     out.extend_from_slice(&input[i..end]);
                     i = end;
                 }
@@ -406,7 +412,52 @@ mod tests {
         out
     }
 
+    /// Content of long plain runs (so the vectorised search takes whole blocks) between
+    /// CRLF, NUL and line-start dots.
+    fn long_runs() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            (
+                0usize..1200,
+                prop_oneof![
+                    Just(&b"\r\n"[..]),
+                    Just(&b"\r\n."[..]),
+                    Just(&b"\0"[..]),
+                    Just(&b"."[..])
+                ],
+            ),
+            0..12,
+        )
+        .prop_map(|segs| {
+            let mut v = Vec::new();
+            for (n, sep) in segs {
+                v.extend(std::iter::repeat_n(b'a', n));
+                v.extend_from_slice(sep);
+            }
+            v.extend_from_slice(b"\r\n");
+            v
+        })
+    }
+
     proptest! {
+        #[test]
+        fn long_runs_decode_and_flag_like_a_byte_by_byte_reading(content in long_runs(), cut in 0usize..20000) {
+            let wire = wire_of(&content, &[cut]);
+            let mut d = DataDecoder::new(u64::MAX);
+            let (mut buf, mut out) = (wire[..cut.min(wire.len())].to_vec(), Vec::new());
+            let first = d.decode(&mut buf, &mut out);
+            prop_assert!(first.is_none() || cut >= wire.len());
+            buf.extend_from_slice(&wire[cut.min(wire.len())..]);
+            let end = first.or_else(|| d.decode(&mut buf, &mut out)).expect("ends");
+            prop_assert_eq!(&out, &content);
+            prop_assert_eq!(d.size(), content.len() as u64);
+            // The wire's own flags, counted octet by octet (a stuffing dot counts).
+            let lines: Vec<&[u8]> = wire.split(|&b| b == b'\n').collect();
+            let long = lines.iter().any(|l| l.len() > 1000 - 1);
+            prop_assert_eq!(end.line_too_long, long);
+            prop_assert_eq!(end.nul, content.contains(&0));
+            prop_assert!(!end.bare_cr && !end.bare_lf);
+        }
+
         #[test]
         fn decode_of_stuff_is_identity(lines in proptest::collection::vec("[.a-z ]{0,20}", 0..10), cuts in proptest::collection::vec(0usize..200, 0..4)) {
             let content: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\r\n").into_bytes()).collect();

@@ -58,9 +58,16 @@ const MAX_COMMIT_DELAY: Duration = Duration::from_millis(1);
 /// load, commits of new mail arrive well within it, so delivery results cost no fsync of
 /// their own; the price is that a crash may re-send the messages whose results were held.
 pub const MAY_WAIT: Duration = Duration::from_millis(2);
-/// How often a held batch looks for requests that must not wait: a commit arriving during
-/// the hold waits at most this long more.
-const MAY_WAIT_SLICE: Duration = Duration::from_micros(200);
+
+/// Wakes the writer thread parked in a hold when the channel gets a request, so a commit
+/// arriving during the hold ends it at once and an idle hold costs no polling wakeups.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
 
 impl Request {
     fn may_wait(&self) -> bool {
@@ -134,6 +141,7 @@ impl Writer {
                 }
             }
         };
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
             drain(&mut rx, &mut batch);
@@ -141,12 +149,24 @@ impl Writer {
             // (then everything goes in its batch) or the hold ends.
             if batch.iter().all(Request::may_wait) {
                 let until = Instant::now() + MAY_WAIT;
-                while batch.len() < MAX_BATCH
-                    && batch.iter().all(Request::may_wait)
-                    && Instant::now() < until
-                {
-                    std::thread::sleep(MAY_WAIT_SLICE);
-                    drain(&mut rx, &mut batch);
+                let mut cx = std::task::Context::from_waker(&waker);
+                while batch.len() < MAX_BATCH && batch.iter().all(Request::may_wait) {
+                    match rx.poll_recv(&mut cx) {
+                        std::task::Poll::Ready(Some(r)) => {
+                            batch.push(r);
+                            drain(&mut rx, &mut batch);
+                        }
+                        // Closed: write what is held; the next receive ends the thread.
+                        std::task::Poll::Ready(None) => break,
+                        std::task::Poll::Pending => {
+                            let now = Instant::now();
+                            if now >= until {
+                                break;
+                            }
+                            // A spurious or early unpark only goes round the loop again.
+                            std::thread::park_timeout(until - now);
+                        }
+                    }
                 }
             }
             // Commit delay: when the last batch showed concurrent writers, give the others
@@ -478,5 +498,84 @@ fn clone_err(e: &SpoolError) -> SpoolError {
             no_space: other.is_no_space(),
             message: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    use super::MAY_WAIT;
+    use crate::{BodyType, Envelope, RcptState, Recipient, SpoolConfig, Update, open};
+
+    fn deferred(id: crate::TxnId) -> Vec<Update> {
+        vec![Update::Rcpt {
+            id,
+            index: 0,
+            state: RcptState::Deferred,
+            tries: 1,
+            last_error: None,
+            next_attempt: 0,
+            relay: None,
+            handoff: Default::default(),
+        }]
+    }
+
+    /// The hold waits on the channel rather than polling it: alone, a result is still held
+    /// for `MAY_WAIT`; with a request that may not wait beside it, both share one fsync.
+    #[test]
+    fn held_results_wait_alone_and_join_a_write_that_happens_anyway() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(SpoolConfig::new(dir.path())).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let id = spool.ids().next();
+            let env = Envelope {
+                id,
+                arrival: 1_700_000_000,
+                sender: "s@src.test".into(),
+                envid: None,
+                ret: None,
+                body: BodyType::SevenBit,
+                smtputf8: false,
+                client: "c [127.0.0.1]".into(),
+                held: false,
+                kind: Default::default(),
+                recipients: vec![Recipient {
+                    address: "r@dst.test".into(),
+                    ..Default::default()
+                }],
+            };
+            let mut w = spool.content_writer(id);
+            w.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+            spool.commit(&env, w).await.unwrap();
+            let fsyncs = || spool.stats().fsyncs.load(Ordering::Relaxed);
+
+            let before = fsyncs();
+            let start = Instant::now();
+            spool.update_soon(deferred(id)).await.unwrap();
+            assert!(
+                start.elapsed() >= MAY_WAIT,
+                "a lone result was written after {:?}, before its hold ended",
+                start.elapsed()
+            );
+            assert_eq!(fsyncs() - before, 1);
+
+            let before = fsyncs();
+            let (held, urgent) =
+                tokio::join!(spool.update_soon(deferred(id)), spool.update(deferred(id)));
+            held.unwrap();
+            urgent.unwrap();
+            assert_eq!(
+                fsyncs() - before,
+                1,
+                "the held result got an fsync of its own"
+            );
+        });
     }
 }
