@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::proto::{Tmpfs, fill};
 use common::*;
 
 const NO_DELIVERY: &str = "[delivery]\nenabled = false\n";
@@ -252,50 +253,6 @@ fn sigterm_under_load_exits_in_time_and_loses_nothing() {
         missing.is_empty(),
         "acknowledged messages lost: {missing:?}"
     );
-}
-
-/// A small tmpfs for the spool, removed on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("mount");
-        assert!(
-            st.success(),
-            "mounting a tmpfs needs root (CI runs as root)"
-        );
-        Tmpfs { dir }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-fn fill(path: &std::path::Path, leave_free: u64) {
-    let st = nix::sys::statvfs::statvfs(path.parent().unwrap()).unwrap();
-    let free = st.blocks_available() * st.fragment_size();
-    let size = free.saturating_sub(leave_free);
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 1 << 16];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        if f.write_all(&chunk[..n]).is_err() {
-            break;
-        }
-        left -= n as u64;
-    }
-    let _ = f.sync_all();
 }
 
 #[test]

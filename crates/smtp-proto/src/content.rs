@@ -92,17 +92,7 @@ impl ContentScan {
 
     /// The first violation seen so far (a CR at the very end is not yet known to be bare).
     pub fn violation(&self) -> Option<Violation> {
-        if self.bare_lf {
-            Some(Violation::BareLf)
-        } else if self.bare_cr {
-            Some(Violation::BareCr)
-        } else if self.nul {
-            Some(Violation::Nul)
-        } else if self.long_line {
-            Some(Violation::LineTooLong)
-        } else {
-            None
-        }
+        Violation::first(self.bare_lf, self.bare_cr, self.nul, self.long_line)
     }
 
     /// The verdict on the whole content: a trailing CR is bare, since nothing follows.
@@ -124,6 +114,22 @@ pub fn check_content(content: &[u8], binarymime: bool) -> Result<(), Violation> 
 }
 
 impl Violation {
+    /// The one to report when several were seen: the smuggling forms first, in the order
+    /// DATA and BDAT both answer them.
+    pub(crate) fn first(bare_lf: bool, bare_cr: bool, nul: bool, long_line: bool) -> Option<Self> {
+        if bare_lf {
+            Some(Violation::BareLf)
+        } else if bare_cr {
+            Some(Violation::BareCr)
+        } else if nul {
+            Some(Violation::Nul)
+        } else if long_line {
+            Some(Violation::LineTooLong)
+        } else {
+            None
+        }
+    }
+
     /// What was found, for replies and logs.
     pub fn describe(self) -> &'static str {
         match self {

@@ -31,17 +31,7 @@ pub struct DataEnd {
 impl DataEnd {
     /// The first violation by severity, if any.
     pub fn violation(&self) -> Option<Violation> {
-        if self.bare_lf {
-            Some(Violation::BareLf)
-        } else if self.bare_cr {
-            Some(Violation::BareCr)
-        } else if self.nul {
-            Some(Violation::Nul)
-        } else if self.line_too_long {
-            Some(Violation::LineTooLong)
-        } else {
-            None
-        }
+        Violation::first(self.bare_lf, self.bare_cr, self.nul, self.line_too_long)
     }
 }
 
