@@ -9,23 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The policy milter of tests/peers/policy_milter.py on a free port.
-fn policy_milter() -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new(PYTHON)
-        .arg(repo_root().join("tests/peers/policy_milter.py"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("policy_milter.py (needs python3-milter)");
-    let p = Proc(child);
-    wait_for("the policy milter", Duration::from_secs(20), || {
-        port_open(port)
-    });
-    (p, port)
-}
-
 fn config(sink: u16, milters: &str) -> String {
     format!(
         "[routes]\n\"dst.test\" = \"[127.0.0.1]:{sink}\"\n[delivery]\nbackoff = [\"1h\"]\n{milters}"

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::proto::{Tmpfs, fill, read_lines};
@@ -199,23 +198,6 @@ fn an_alias_counts_as_what_it_expands_to() {
     let r = c.cmd("RCPT TO:<team@lists.test>");
     assert!(r.starts_with("452 4.5.3"), "{r}");
     assert!(c.cmd("RCPT TO:<d@lists.test>").starts_with("250"));
-}
-
-/// The policy milter of tests/peers/policy_milter.py on a free port.
-fn policy_milter() -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new(PYTHON)
-        .arg(repo_root().join("tests/peers/policy_milter.py"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("policy_milter.py (needs python3-milter)");
-    let p = Proc(child);
-    wait_for("the policy milter", Duration::from_secs(20), || {
-        port_open(port)
-    });
-    (p, port)
 }
 
 /// One transaction by DATA with `content` sent as it is (already CRLF and dot-safe).

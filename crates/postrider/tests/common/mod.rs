@@ -454,6 +454,23 @@ impl Drop for Proc {
     }
 }
 
+/// The policy milter of tests/peers/policy_milter.py on a free port.
+pub fn policy_milter() -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(PYTHON)
+        .arg(repo_root().join("tests/peers/policy_milter.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("policy_milter.py (needs python3-milter)");
+    let p = Proc(child);
+    wait_for("the policy milter", Duration::from_secs(20), || {
+        port_open(port)
+    });
+    (p, port)
+}
+
 /// A private Postfix instance on a loopback port (bench/postfix-instance.sh), relaying
 /// everything to `relayhost`; stopped when dropped.
 pub struct Postfix {
