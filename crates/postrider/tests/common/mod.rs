@@ -271,28 +271,24 @@ impl Sink {
     /// A sink on another loopback address (127.0.0.2 ...), for destinations with several hosts.
     pub fn start_at(host: &str, port: u16, args: &[&str]) -> Sink {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(PYTHON)
-            .arg(repo_root().join("tests/peers/sink.py"))
-            .args(["--host", host, "--port", &port.to_string(), "--out"])
-            .arg(dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("sink log"))
-            .spawn()
-            .expect("spawn sink.py (needs python3-aiosmtpd)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("sink ready line");
+        let port_s = port.to_string();
+        let listen: Vec<&str> = ["--host", host, "--port", &port_s]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let (mut child, line) = spawn_sink(
+            Command::new(PYTHON),
+            &listen,
+            dir.path(),
+            &format!("port {port}"),
+        );
         let port: u16 = line
             .trim()
             .strip_prefix("ready ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| {
-                panic!(
-                    "sink on port {port} did not start: {}",
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-                )
+                let _ = child.kill();
+                panic!("sink on port {port} said {line:?}")
             });
         Sink { child, port, dir }
     }
@@ -469,6 +465,31 @@ pub fn policy_milter() -> (Proc, u16) {
         port_open(port)
     });
     (p, port)
+}
+
+/// Starts tests/peers/sink.py with `python` (a python3 command, possibly run inside a
+/// network namespace) and the sink's listening arguments, writing into `dir`; returns it once
+/// it printed its ready line, and that line.
+pub fn spawn_sink(mut python: Command, listen: &[&str], dir: &Path, what: &str) -> (Child, String) {
+    python
+        .arg(repo_root().join("tests/peers/sink.py"))
+        .args(listen)
+        .arg("--out")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).expect("sink log"));
+    let mut child = python
+        .spawn()
+        .expect("spawn sink.py (needs python3-aiosmtpd)");
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+    assert!(
+        line.starts_with("ready"),
+        "sink on {what} did not start: {}",
+        std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+    );
+    (child, line)
 }
 
 /// A private Postfix instance on a loopback port (bench/postfix-instance.sh), relaying

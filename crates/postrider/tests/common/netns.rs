@@ -20,13 +20,12 @@
 //! `bank.example`, `x.partner.example` → mx4; `moved.example` → mx77; `self.example` is our
 //! A and AAAA.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{PYTHON, Proc, repo_root, users, wait_for};
+use super::{PYTHON, Proc, users, wait_for};
 
 pub const SRV_V4: &str = "192.0.2.25";
 pub const SRV_V6: &str = "2001:db8::25";
@@ -208,52 +207,16 @@ impl World {
     /// A sink (tests/peers/sink.py) in `net` on `host` and `port`.
     pub fn sink(&self, host: &str, port: u16, args: &[&str]) -> NsSink {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = self
-            .net
-            .exec(PYTHON)
-            .arg(repo_root().join("tests/peers/sink.py"))
-            .args(["--host", host, "--port", &port.to_string(), "--out"])
-            .arg(dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("sink log"))
-            .spawn()
-            .expect("spawn sink.py");
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-        assert!(
-            line.starts_with("ready"),
-            "sink on {host}:{port} did not start: {}",
-            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-        );
-        NsSink {
-            _proc: Proc(child),
-            dir,
-        }
-    }
-
-    /// An LMTP sink on a unix socket at `path` (in no namespace: a unix socket is reached
-    /// through the file system), standing in for Dovecot's LMTP listener.
-    pub fn lmtp_unix_sink(&self, path: &Path) -> NsSink {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(PYTHON)
-            .arg(repo_root().join("tests/peers/sink.py"))
-            .args(["--lmtp", "--unix"])
-            .arg(path)
-            .arg("--out")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("sink log"))
-            .spawn()
-            .expect("spawn sink.py");
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-        assert!(
-            line.starts_with("ready"),
-            "LMTP sink on {} did not start: {}",
-            path.display(),
-            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+        let port_s = port.to_string();
+        let listen: Vec<&str> = ["--host", host, "--port", &port_s]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let (child, _) = super::spawn_sink(
+            self.net.exec(PYTHON),
+            &listen,
+            dir.path(),
+            &format!("{host}:{port}"),
         );
         NsSink {
             _proc: Proc(child),
