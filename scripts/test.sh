@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iproute2 util-linux passwd procps postfix swaks dnsmasq-base python3-aiosmtpd opendkim opendkim-tools python3-milter dovecot-lmtpd openssl python3-dkim)
+packages=(iproute2 util-linux passwd procps postfix swaks dnsmasq-base python3-aiosmtpd opendkim opendkim-tools python3-milter dovecot-lmtpd openssl python3-dkim python3-fusepy libfuse2)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${packages[@]}"; do

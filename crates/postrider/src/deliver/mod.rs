@@ -4,7 +4,8 @@
 //! domain afresh (MX is never stored in the queue), talks SMTP or LMTP, makes every
 //! recipient's result durable in the spool, and only then reports back. Each message's
 //! results are written as soon as its final reply is in, while the connection goes on with
-//! the next message, so a crash repeats at most the deliveries of the last commit window.
+//! the next message, so a crash repeats at most the deliveries of the last commit window,
+//! and never more than a few per connection: a connection waits when its results lag.
 
 use spool::{BodyType, DsnRet, MessageRef, Notify, TxnId};
 
@@ -281,6 +282,7 @@ impl Deliverer {
             let _counted = OutConn::new(&self.counters);
             let mut first = true;
             while let Some(msg) = pending.front() {
+                rec.keep_up().await;
                 if !first && let Err(e) = client.rset().await {
                     last_error = Some(e);
                     break 'dests;
@@ -333,8 +335,36 @@ impl Deliverer {
     }
 }
 
-/// One spool write of some results, running on its own task.
-type Write = tokio::task::JoinHandle<Result<(), spool::SpoolError>>;
+/// One spool write of some results: running on its own task, or finished with its outcome.
+enum Write {
+    Running(tokio::task::JoinHandle<Result<(), spool::SpoolError>>),
+    Done(Result<(), String>),
+}
+
+impl Write {
+    async fn outcome(self) -> Result<(), String> {
+        match self {
+            Write::Done(r) => r,
+            Write::Running(h) => Self::joined(h.await),
+        }
+    }
+
+    fn joined(
+        r: Result<Result<(), spool::SpoolError>, tokio::task::JoinError>,
+    ) -> Result<(), String> {
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("spool write task: {e}")),
+        }
+    }
+}
+
+/// At most this many messages' results may be unwritten while a connection goes on: a
+/// crash then repeats at most these and the one in flight, however slow the disk is (a
+/// journal commit stuck behind writeback can take seconds, and the next hop goes on
+/// accepting meanwhile).
+const MAX_UNRECORDED: usize = 4;
 
 /// Writes an attempt's results to the spool as they come in, without waiting for each
 /// write: the writer's group commit joins them with whatever else is being committed.
@@ -362,7 +392,28 @@ impl Recorder {
         let spool = self.spool.clone();
         // A task of its own, so the write goes ahead while the connection is busy.
         let write = tokio::spawn(async move { spool.update_soon(updates).await });
-        self.writes.push((results, write));
+        self.writes.push((results, Write::Running(write)));
+    }
+
+    /// Waits until fewer than [`MAX_UNRECORDED`] writes are still running, oldest first:
+    /// called before the next message goes out.
+    async fn keep_up(&mut self) {
+        loop {
+            let mut running = self
+                .writes
+                .iter_mut()
+                .filter(|(_, w)| matches!(w, Write::Running(_)));
+            let Some((_, oldest)) = running.next() else {
+                return;
+            };
+            if running.count() + 1 < MAX_UNRECORDED {
+                return;
+            }
+            if let Write::Running(h) = oldest {
+                let r = Write::joined(h.await);
+                *oldest = Write::Done(r);
+            }
+        }
     }
 
     fn update(&self, r: &RcptResult) -> Update {
@@ -390,15 +441,10 @@ impl Recorder {
         let mut durable = Vec::new();
         let mut unrecorded = Vec::new();
         for (results, write) in self.writes {
-            let err = match write.await {
-                Ok(Ok(())) => {
-                    durable.extend(results);
-                    continue;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => format!("spool write task: {e}"),
-            };
-            unrecorded.extend(results.into_iter().map(|r| (r, err.clone())));
+            match write.outcome().await {
+                Ok(()) => durable.extend(results),
+                Err(err) => unrecorded.extend(results.into_iter().map(|r| (r, err.clone()))),
+            }
         }
         (durable, unrecorded)
     }

@@ -1,9 +1,12 @@
-//! Harness for the protocol tests: a small tmpfs to fill (a spool that runs out of space)
-//! and a reader that counts many pipelined replies without re-reading what it has.
+//! Harness for the protocol and crash tests: a small tmpfs to fill (a spool that runs out
+//! of space), a disk whose fsync is slow, and a reader that counts many pipelined replies
+//! without re-reading what it has.
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use super::Raw;
 
@@ -31,6 +34,49 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// A folder whose fsync takes `delay` (tests/peers/slowfs.py over FUSE): a disk whose
+/// journal commits lag, as one stuck behind writeback does. Unmounted on drop.
+pub struct SlowFs {
+    pub mount: tempfile::TempDir,
+    _below: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl SlowFs {
+    pub fn mount(delay: std::time::Duration) -> SlowFs {
+        use std::io::BufRead;
+        let below = tempfile::tempdir().expect("tempdir");
+        let mount = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(super::repo_root().join("tests/peers/slowfs.py"))
+            .arg(below.path())
+            .arg(mount.path())
+            .arg(delay.as_secs_f64().to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn slowfs.py (needs python3-fusepy, libfuse2)");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        assert!(
+            line.starts_with("ready"),
+            "slowfs did not mount (needs /dev/fuse and root)"
+        );
+        SlowFs {
+            mount,
+            _below: below,
+            child,
+        }
+    }
+}
+
+impl Drop for SlowFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -68,4 +114,72 @@ pub fn read_lines(c: &mut Raw, n: usize) -> Vec<String> {
         partial.drain(..start);
     }
     out
+}
+
+/// One small message from `sender` to `rcpt`; true if it was acknowledged.
+pub fn send_tracked_to(port: u16, sender: &str, rcpt: &str) -> bool {
+    let mut c = Raw::connect(port);
+    c.replies(1);
+    c.cmd("EHLO crash.test");
+    c.cmd(&format!("MAIL FROM:<{sender}>"));
+    c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    if !c.cmd("DATA").starts_with("354") {
+        return false;
+    }
+    let line = "y".repeat(76);
+    let body: String = (0..6).map(|_| format!("{line}\r\n")).collect();
+    c.send(format!("Subject: {sender}\r\n\r\n{body}").as_bytes());
+    c.cmd(".").starts_with("250")
+}
+
+/// Sends one message with a unique sender; true only if the server said 250 after DATA.
+pub fn send_tracked(port: u16, sender: &str, body_len: usize) -> bool {
+    send_tracked_rcpt(port, sender, "r@dst.test", body_len)
+}
+
+/// `send_tracked` to a given recipient.
+pub fn send_tracked_rcpt(port: u16, sender: &str, rcpt: &str, body_len: usize) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    // Lines of 76 octets: longer than 1000 would be refused (RFC 5321 §4.5.3.1.6).
+    let body = "x"
+        .repeat(body_len)
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let msg = format!("EHLO crash.test\r\nMAIL FROM:<{sender}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
+    if s.write_all(msg.as_bytes()).is_err() {
+        return false;
+    }
+    // Greeting, EHLO, MAIL, RCPT, DATA(354) must all be read before the content.
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains("354 ") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    let content = format!("Subject: {sender}\r\n\r\n{body}\r\n.\r\n");
+    if s.write_all(content.as_bytes()).is_err() {
+        return false;
+    }
+    let mut tail = String::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if let Some(line) = tail.lines().find(|l| l.len() >= 4 && &l[3..4] == " ") {
+                    let ok = line.starts_with("250 ");
+                    let _ = s.write_all(b"QUIT\r\n");
+                    return ok;
+                }
+            }
+        }
+    }
 }
