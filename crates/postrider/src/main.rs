@@ -3,6 +3,7 @@
 
 mod cli;
 mod control;
+mod counters;
 mod deliver;
 mod dsn;
 mod interfaces;

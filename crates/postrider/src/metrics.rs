@@ -5,63 +5,17 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{Request, Response};
+use crate::counters::Counters;
+use crate::queue::api::{QueueStats, Request, Response};
 use crate::queue::manager::QueueHandle;
 use crate::server::limits::ConnLimits;
-
-/// Event counters, shared by the components that count.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub received: AtomicU64,
-    pub delivered: AtomicU64,
-    pub deferred: AtomicU64,
-    pub failed: AtomicU64,
-    pub dsn_sent: AtomicU64,
-    /// Outbound SMTP/LMTP connections open now.
-    pub connections_out: AtomicU64,
-    pub dns_lookups: AtomicU64,
-    /// Total microseconds spent in destination lookups.
-    pub dns_micros: AtomicU64,
-    /// Queue manager ticks (one event handled plus the attempts it started) and their cost.
-    pub ticks: AtomicU64,
-    pub tick_micros_total: AtomicU64,
-    pub tick_micros_max: AtomicU64,
-}
-
-impl Counters {
-    pub fn tick(&self, took: Duration) {
-        let us = took.as_micros() as u64;
-        self.ticks.fetch_add(1, Ordering::Relaxed);
-        self.tick_micros_total.fetch_add(us, Ordering::Relaxed);
-        self.tick_micros_max.fetch_max(us, Ordering::Relaxed);
-    }
-}
-
-impl Counters {
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The queue gauges the manager reports at scrape time.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct QueueStats {
-    pub messages: u64,
-    pub recipients_open: u64,
-    pub deferred_recipients: u64,
-    pub held_messages: u64,
-    pub domains: u64,
-    pub attempts_in_flight: u64,
-    /// Domains at each backoff level (index = level).
-    pub backoff_levels: Vec<u64>,
-}
 
 pub struct Sources {
     pub queue: QueueHandle,

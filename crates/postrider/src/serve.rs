@@ -89,7 +89,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         )
     })?;
     info!("spool {}: {}", cfg.spool.display(), recovery.report);
-    let counters = Arc::new(crate::metrics::Counters::default());
+    let counters = Arc::new(crate::counters::Counters::default());
     let host_addresses = resolver::HostAddresses::new(crate::interfaces::read());
     let (mut manager, queue) = queue_manager(&cfg, &spool, &counters, &host_addresses)?;
     manager.recover(recovery.messages, recovery.schedules);
@@ -390,7 +390,7 @@ fn fixed_at_start(new: &Config, running: &Config) -> Vec<&'static str> {
 fn queue_manager(
     cfg: &Config,
     spool: &spool::Spool,
-    counters: &Arc<crate::metrics::Counters>,
+    counters: &Arc<crate::counters::Counters>,
     host_addresses: &resolver::HostAddresses,
 ) -> anyhow::Result<(Manager, QueueHandle)> {
     let resolver = resolver::Resolver::new(resolver::ResolverConfig {
@@ -450,7 +450,7 @@ pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
             Err(e) => return Err(e).context(format!("opening the spool {}", cfg.spool.display())),
         };
         info!("spool {}: {}", cfg.spool.display(), recovery.report);
-        let counters = Arc::new(crate::metrics::Counters::default());
+        let counters = Arc::new(crate::counters::Counters::default());
         let host_addresses = resolver::HostAddresses::new(crate::interfaces::read());
         let (mut manager, _queue) = queue_manager(&cfg, &spool, &counters, &host_addresses)?;
         manager.recover(recovery.messages, recovery.schedules);

@@ -105,17 +105,17 @@ pub struct Deliverer {
     pub settings: ClientSettings,
     pub source_address: Option<IpAddr>,
     pub max_queue_time: std::time::Duration,
-    pub counters: std::sync::Arc<crate::metrics::Counters>,
+    pub counters: std::sync::Arc<crate::counters::Counters>,
     /// `[tls_policy]`: per destination domain, overriding `settings.delivery.tls`.
     pub tls_policy: config::RouteTable<config::TlsPolicy>,
 }
 
 /// Counts an open outbound connection for as long as it lives.
-struct OutConn<'a>(&'a crate::metrics::Counters);
+struct OutConn<'a>(&'a crate::counters::Counters);
 
 impl<'a> OutConn<'a> {
-    fn new(c: &'a crate::metrics::Counters) -> Self {
-        crate::metrics::Counters::inc(&c.connections_out);
+    fn new(c: &'a crate::counters::Counters) -> Self {
+        crate::counters::Counters::inc(&c.connections_out);
         OutConn(c)
     }
 }
@@ -171,7 +171,7 @@ impl Deliverer {
         if !live.is_empty() {
             let started = std::time::Instant::now();
             let resolved = self.resolver.resolve(&attempt.domain_name).await;
-            crate::metrics::Counters::inc(&self.counters.dns_lookups);
+            crate::counters::Counters::inc(&self.counters.dns_lookups);
             self.counters.dns_micros.fetch_add(
                 started.elapsed().as_micros() as u64,
                 std::sync::atomic::Ordering::Relaxed,
@@ -212,7 +212,7 @@ impl Deliverer {
                 .unwrap_or(("?", now));
             log_result(&attempt.domain_name, r, to, now.saturating_sub(arrival));
             let c = &self.counters;
-            crate::metrics::Counters::inc(match r.outcome {
+            crate::counters::Counters::inc(match r.outcome {
                 RcptOutcome::Delivered { .. } => &c.delivered,
                 RcptOutcome::Deferred { .. } => &c.deferred,
                 RcptOutcome::Failed { .. } => &c.failed,
@@ -227,7 +227,7 @@ impl Deliverer {
                 relay = relay.as_deref().unwrap_or("none"), status = "deferred",
                 "result not recorded, the recipient stays queued and is tried again: {e}"
             );
-            crate::metrics::Counters::inc(&self.counters.deferred);
+            crate::counters::Counters::inc(&self.counters.deferred);
         }
         AttemptReport {
             domain: attempt.domain,

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use config::Config;
 
 use crate::cli::QueueAction;
-use crate::control::{self, MessageInfo, Request, Response};
+use crate::control;
+use crate::queue::api::{self, MessageInfo, Request, Response};
 use crate::sysexits;
 
 pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
@@ -108,7 +109,7 @@ fn offline(cfg: &Config, req: &Request) -> Result<Response, ExitCode> {
         ExitCode::from(sysexits::SOFTWARE)
     })?;
     if let Request::Shape { top } = req {
-        return Ok(Response::Shape(control::shape(
+        return Ok(Response::Shape(api::shape(
             rec.messages.iter().map(|(env, _)| env),
             *top,
         )));

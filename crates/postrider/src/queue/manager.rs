@@ -12,9 +12,9 @@ use spool::{Envelope, MessageRef, RcptState, Spool, TxnId, Update};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::schedule::{AttemptOutcome, DomainId, Scheduler};
-use crate::control::{MessageInfo, Request, Response};
+use super::schedule::{AttemptOutcome, DomainId, Scheduler, rcpt_domain};
 use crate::deliver::{Attempt, AttemptReport, Deliverer, JobMessage, JobRecipient, RcptOutcome};
+use crate::queue::api::{MessageInfo, Request, Response};
 
 /// One undelivered (message, recipient) pair, as it sits in a domain's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub struct Settings {
     pub delivery_enabled: bool,
     /// Our name, for DSNs.
     pub hostname: String,
-    pub counters: Arc<crate::metrics::Counters>,
+    pub counters: Arc<crate::counters::Counters>,
     pub dsn: super::bounce::Policy,
 }
 
@@ -138,13 +138,6 @@ fn schedulable(env: &Envelope) -> (usize, Vec<(String, Pair)>) {
         }
     }
     (open, pairs)
-}
-
-pub fn rcpt_domain(address: &str) -> String {
-    match address.rsplit_once('@') {
-        Some((_, d)) => d.trim_end_matches('.').to_ascii_lowercase(),
-        None => String::new(),
-    }
 }
 
 impl Manager {
@@ -304,7 +297,7 @@ impl Manager {
                     }
                 }
                 tracing::info!(queue_id = %id, dsn = %benv.id, to = %benv.recipients[0].address, "sender notified");
-                crate::metrics::Counters::inc(&self.settings.counters.dsn_sent);
+                crate::counters::Counters::inc(&self.settings.counters.dsn_sent);
                 let size = bref.len();
                 self.insert(benv, bref, size, true, Instant::now());
                 if let Some(u) = self.settle(id) {
@@ -617,7 +610,7 @@ impl Manager {
                 }
                 None => Response::error(format!("no message {id} in the queue")),
             },
-            Request::Shape { top } => Response::Shape(crate::control::shape(
+            Request::Shape { top } => Response::Shape(crate::queue::api::shape(
                 self.messages.values().map(|m| &m.env),
                 top,
             )),
@@ -705,8 +698,8 @@ impl Manager {
 
     /// Domains by pending recipients across age buckets (minutes), like Postfix's qshape.
     /// Gauges for the metrics endpoint; O(queue), asked once per scrape.
-    fn stats(&self) -> crate::metrics::QueueStats {
-        let mut s = crate::metrics::QueueStats {
+    fn stats(&self) -> crate::queue::api::QueueStats {
+        let mut s = crate::queue::api::QueueStats {
             messages: self.messages.len() as u64,
             attempts_in_flight: self.sched.in_flight() as u64,
             ..Default::default()

@@ -18,6 +18,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+/// The key a recipient is scheduled under: its domain, lowercased, without a final dot.
+pub fn rcpt_domain(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((_, d)) => d.trim_end_matches('.').to_ascii_lowercase(),
+        None => String::new(),
+    }
+}
 use std::time::{Duration, Instant};
 
 /// Index of a domain in the scheduler's table.

@@ -40,7 +40,7 @@ pub struct Ctx {
     pub tls: Option<TlsAcceptor>,
     pub shutdown: CancellationToken,
     pub limits: ConnLimits,
-    pub counters: Arc<crate::metrics::Counters>,
+    pub counters: Arc<crate::counters::Counters>,
 }
 
 impl Ctx {

@@ -950,7 +950,7 @@ impl Session {
                     "received"
                 );
                 let id = env.id;
-                crate::metrics::Counters::inc(&self.ctx.counters.received);
+                crate::counters::Counters::inc(&self.ctx.counters.received);
                 self.ctx.queue.arrived(env, mref, size).await;
                 let mut ids = id.to_string();
                 for c in &copies {
@@ -1034,7 +1034,7 @@ async fn list_copies(
         };
         let mref = ctx.spool.commit(&copy, w).await?;
         info!(queue_id = %id, original = %env.id, from = %copy.sender, size, nrcpt = copy.recipients.len(), "received (list copy for its owner)");
-        crate::metrics::Counters::inc(&ctx.counters.received);
+        crate::counters::Counters::inc(&ctx.counters.received);
         ctx.queue.arrived(copy, mref, size).await;
         ids.push(id);
     }
