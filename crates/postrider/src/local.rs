@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use config::Config;
 use smtp_proto::{Domain, Mailbox};
@@ -293,10 +293,7 @@ impl Policy {
         let size = w.len();
         let env = Envelope {
             id,
-            arrival: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            arrival: spool::unix_now(),
             sender: accepted.sender.clone(),
             envid: None,
             ret: None,

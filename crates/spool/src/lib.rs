@@ -44,6 +44,14 @@ pub use id::{BadId, IdGenerator, TxnId};
 pub use layout::{FILE_MODE, Owner, PRIVATE_DIR_MODE, SPOOL_DIR_MODE, prepare};
 use state::{Loc, State};
 
+/// The spool's clock: arrivals, retry times and schedules are stored as unix seconds, and
+/// everyone who writes or compares them reads the time here (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Content up to this size goes inside the log record; bigger content gets its own file, so
 /// the group-commit write stays small and big messages are streamed to disk as they arrive.
 pub const INLINE_MAX: usize = 256 * 1024;

@@ -201,10 +201,7 @@ impl Deliverer {
             }
         }
         let (results, unrecorded) = rec.finish().await;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = spool::unix_now();
         for r in &results {
             let (to, arrival) = who
                 .get(&(r.id, r.index))

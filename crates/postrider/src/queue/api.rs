@@ -108,10 +108,7 @@ const SHAPE_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
 /// Open recipients by domain across age buckets, the `top` biggest domains first; from the
 /// daemon's queue or, with the daemon down, from the spool.
 pub fn shape<'a>(envs: impl Iterator<Item = &'a spool::Envelope>, top: usize) -> Vec<ShapeRow> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = spool::unix_now();
     let mut rows: std::collections::HashMap<String, ShapeRow> = Default::default();
     for env in envs {
         let age = now.saturating_sub(env.arrival) / 60;

@@ -5,7 +5,7 @@
 //! original may leave the queue.
 
 use std::io::Read;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use spool::{
     Envelope, Handoff, MessageKind, MessageRef, Notify, RcptState, Recipient, Spool, SpoolError,
@@ -69,7 +69,7 @@ pub fn action_for(env: &Envelope, r: &Recipient, policy: &Policy, now: u64) -> O
 
 /// Indices of the recipients that need a report now.
 pub fn pending(env: &Envelope, policy: &Policy) -> Vec<u16> {
-    let now = unix_now();
+    let now = spool::unix_now();
     env.recipients
         .iter()
         .enumerate()
@@ -77,13 +77,6 @@ pub fn pending(env: &Envelope, policy: &Policy) -> Vec<u16> {
         // Never wrap onto another recipient's index (see config::MAX_RECIPIENTS).
         .filter_map(|(i, _)| u16::try_from(i).ok())
         .collect()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn read_returned(spool: &Spool, mref: &MessageRef, headers_only: bool) -> (Vec<u8>, bool) {
@@ -111,7 +104,7 @@ pub async fn send(
     mref: &MessageRef,
     rcpts: &[u16],
 ) -> Result<(Envelope, MessageRef), SpoolError> {
-    let now = unix_now();
+    let now = spool::unix_now();
     let to = report_to(env, policy)
         .unwrap_or(&policy.postmaster)
         .to_string();
@@ -211,7 +204,7 @@ mod tests {
     fn env(notify: Notify, state: RcptState, sender: &str) -> Envelope {
         Envelope {
             id: spool::TxnId(1),
-            arrival: unix_now() - 7200,
+            arrival: spool::unix_now() - 7200,
             sender: sender.into(),
             envid: None,
             ret: None,
@@ -247,7 +240,7 @@ mod tests {
     }
 
     fn action(e: &Envelope, p: &Policy) -> Option<Action> {
-        action_for(e, &e.recipients[0], p, unix_now())
+        action_for(e, &e.recipients[0], p, spool::unix_now())
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use spool::{Envelope, MessageRef, RcptState, Spool, TxnId, Update};
 use tokio::sync::{mpsc, oneshot};
@@ -111,14 +111,6 @@ pub struct Manager {
     draining: bool,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The domain a recipient is scheduled under.
 /// A message's open recipients, and those to schedule as (domain, pair). Entry paths cap a
 /// message at config::MAX_RECIPIENTS; a recipient past the u16 index stays open (kept,
 /// visible in the queue) rather than wrapping onto another's index.
@@ -170,7 +162,7 @@ impl Manager {
         schedules: Vec<spool::DomainSchedule>,
     ) {
         let now = Instant::now();
-        let unow = unix_now();
+        let unow = spool::unix_now();
         for s in schedules {
             let next =
                 (s.next_attempt > unow).then(|| now + Duration::from_secs(s.next_attempt - unow));
@@ -399,7 +391,7 @@ impl Manager {
             return;
         }
         let now = Instant::now();
-        let unow = unix_now();
+        let unow = spool::unix_now();
         while let Some((domain, batch)) = self
             .sched
             .start_next(now, self.settings.messages_per_connection)
@@ -565,7 +557,7 @@ impl Manager {
             let st = self.sched.state(id);
             let next = st
                 .next_attempt
-                .map(|t| unix_now() + t.saturating_duration_since(now).as_secs())
+                .map(|t| spool::unix_now() + t.saturating_duration_since(now).as_secs())
                 .unwrap_or(0);
             updates.push(Update::Schedule(spool::DomainSchedule {
                 domain: report.domain_name.clone(),

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use smtp_proto::{
     BodyType as WireBody, Command, CommandFramer, ContentScan, DataDecoder, Domain, ForwardPath,
@@ -832,10 +832,7 @@ impl Session {
         }
         let env = Envelope {
             id: txn.id,
-            arrival: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            arrival: spool::unix_now(),
             sender: match &txn.sender {
                 ReversePath::Null => String::new(),
                 ReversePath::Mailbox(m) => m.to_string(),
