@@ -458,9 +458,10 @@ fn sigterm_starts_no_attempt_and_records_the_running_one() {
 }
 
 /// A disk whose fsync takes 150 ms: a burst of deliveries goes out while their results
-/// wait for the journal. A connection holds back once a few results are unwritten, so a
-/// kill -9 in the burst repeats at most five messages per connection (five domains here),
-/// not everything the next hop accepted during the slow commits.
+/// wait for the journal. A connection holds back once four results are unwritten and the
+/// oldest is 20 ms old, so a kill -9 in the burst repeats a handful of messages per
+/// connection (five domains here), not everything the next hop accepted during the slow
+/// commits.
 #[test]
 fn a_slow_disk_does_not_widen_what_a_crash_repeats() {
     let fs = SlowFs::mount(Duration::from_millis(150));

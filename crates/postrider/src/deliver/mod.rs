@@ -357,18 +357,20 @@ impl Write {
     }
 }
 
-/// At most this many messages' results may be unwritten while a connection goes on: a
-/// crash then repeats at most these and the one in flight, however slow the disk is (a
-/// journal commit stuck behind writeback can take seconds, and the next hop goes on
-/// accepting meanwhile).
+/// A connection goes on while fewer than this many of its messages' results are unwritten,
+/// or while the oldest of them is younger than [`MAX_LAG`]; otherwise it waits for the
+/// oldest. A healthy journal commits within a few milliseconds and never holds delivery up;
+/// a journal commit stuck behind writeback can take seconds while the next hop goes on
+/// accepting, and then a crash repeats only what a connection delivers in `MAX_LAG`.
 const MAX_UNRECORDED: usize = 4;
+const MAX_LAG: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Writes an attempt's results to the spool as they come in, without waiting for each
 /// write: the writer's group commit joins them with whatever else is being committed.
 struct Recorder {
     spool: Spool,
     tries: HashMap<(TxnId, u16), u32>,
-    writes: Vec<(Vec<RcptResult>, Write)>,
+    writes: Vec<(Vec<RcptResult>, std::time::Instant, Write)>,
 }
 
 impl Recorder {
@@ -389,21 +391,22 @@ impl Recorder {
         let spool = self.spool.clone();
         // A task of its own, so the write goes ahead while the connection is busy.
         let write = tokio::spawn(async move { spool.update_soon(updates).await });
-        self.writes.push((results, Write::Running(write)));
+        self.writes
+            .push((results, std::time::Instant::now(), Write::Running(write)));
     }
 
-    /// Waits until fewer than [`MAX_UNRECORDED`] writes are still running, oldest first:
-    /// called before the next message goes out.
+    /// Waits, oldest first, while [`MAX_UNRECORDED`] or more writes are running and the
+    /// oldest has been running for [`MAX_LAG`]: called before the next message goes out.
     async fn keep_up(&mut self) {
         loop {
             let mut running = self
                 .writes
                 .iter_mut()
-                .filter(|(_, w)| matches!(w, Write::Running(_)));
-            let Some((_, oldest)) = running.next() else {
+                .filter(|(_, _, w)| matches!(w, Write::Running(_)));
+            let Some((_, started, oldest)) = running.next() else {
                 return;
             };
-            if running.count() + 1 < MAX_UNRECORDED {
+            if running.count() + 1 < MAX_UNRECORDED || started.elapsed() < MAX_LAG {
                 return;
             }
             if let Write::Running(h) = oldest {
@@ -437,7 +440,7 @@ impl Recorder {
     async fn finish(self) -> (Vec<RcptResult>, Vec<(RcptResult, String)>) {
         let mut durable = Vec::new();
         let mut unrecorded = Vec::new();
-        for (results, write) in self.writes {
+        for (results, _, write) in self.writes {
             match write.outcome().await {
                 Ok(()) => durable.extend(results),
                 Err(err) => unrecorded.extend(results.into_iter().map(|r| (r, err.clone()))),
