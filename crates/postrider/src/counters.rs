@@ -30,9 +30,7 @@ impl Counters {
         self.tick_micros_total.fetch_add(us, Ordering::Relaxed);
         self.tick_micros_max.fetch_max(us, Ordering::Relaxed);
     }
-}
 
-impl Counters {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }

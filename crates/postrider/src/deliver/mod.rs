@@ -371,6 +371,8 @@ struct Recorder {
     spool: Spool,
     tries: HashMap<(TxnId, u16), u32>,
     writes: Vec<(Vec<RcptResult>, std::time::Instant, Write)>,
+    /// Writes before this index are joined (`Write::Done`): `keep_up` looks only past it.
+    joined: usize,
 }
 
 impl Recorder {
@@ -379,6 +381,7 @@ impl Recorder {
             spool: spool.clone(),
             tries,
             writes: Vec::new(),
+            joined: 0,
         }
     }
 
@@ -395,24 +398,23 @@ impl Recorder {
             .push((results, std::time::Instant::now(), Write::Running(write)));
     }
 
-    /// Waits, oldest first, while [`MAX_UNRECORDED`] or more writes are running and the
+    /// Waits, oldest first, while [`MAX_UNRECORDED`] or more writes are unfinished and the
     /// oldest has been running for [`MAX_LAG`]: called before the next message goes out.
     async fn keep_up(&mut self) {
         loop {
-            let mut running = self
-                .writes
-                .iter_mut()
-                .filter(|(_, _, w)| matches!(w, Write::Running(_)));
-            let Some((_, started, oldest)) = running.next() else {
+            let unfinished = self.writes.len() - self.joined;
+            let Some((_, started, write)) = self.writes.get_mut(self.joined) else {
                 return;
             };
-            if running.count() + 1 < MAX_UNRECORDED || started.elapsed() < MAX_LAG {
-                return;
+            if let Write::Running(h) = write {
+                if !h.is_finished() && (unfinished < MAX_UNRECORDED || started.elapsed() < MAX_LAG)
+                {
+                    return;
+                }
+                // Finished, or the one to wait for: join it, at once or when it is done.
+                *write = Write::Done(Write::joined(h.await));
             }
-            if let Write::Running(h) = oldest {
-                let r = Write::joined(h.await);
-                *oldest = Write::Done(r);
-            }
+            self.joined += 1;
         }
     }
 
