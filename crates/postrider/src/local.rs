@@ -13,8 +13,8 @@ use smtp_proto::{Domain, Mailbox};
 use spool::{Envelope, Recipient};
 use tracing::{info, warn};
 
-use crate::queue::manager::QueueHandle;
-use crate::server::policy::{Decision, RcptDomain, RelayPolicy};
+use queue::QueueHandle;
+use smtp_server::policy::{Decision, RcptDomain, RelayPolicy};
 
 /// Room for the envelope lines in front of a message of the maximum size: a sender and
 /// `max_recipients` recipients of at most 256 octets (RFC 5321's path limit) and newlines.
@@ -286,7 +286,7 @@ impl Policy {
         let received = format!(
             "Received: by {} (postrider {via}, from userid {uid})\r\n\tid {id}; {}\r\n",
             self.hostname,
-            crate::server::headers::rfc5322_date(SystemTime::now())
+            message::rfc5322_date(SystemTime::now())
         );
         w.write(received.as_bytes()).await.map_err(temp)?;
         w.write(msg).await.map_err(temp)?;
@@ -326,7 +326,7 @@ impl Policy {
 /// The policy for the configuration new SMTP sessions use: rebuilt when SIGHUP replaces
 /// it, so local submissions follow the same limits and relay settings as SMTP clients.
 pub struct Policies {
-    ctx: Arc<crate::server::Ctx>,
+    ctx: Arc<smtp_server::Ctx>,
     own_uid: u32,
     recent: Recent,
     cached: Mutex<(Arc<Config>, Arc<Policy>)>,
@@ -334,7 +334,7 @@ pub struct Policies {
 
 impl Policies {
     /// Fails (so the daemon does not start) on a `local.trusted_users` name with no user.
-    pub fn new(ctx: Arc<crate::server::Ctx>, own_uid: u32) -> Result<Self, String> {
+    pub fn new(ctx: Arc<smtp_server::Ctx>, own_uid: u32) -> Result<Self, String> {
         let cfg = ctx.config();
         let recent = Recent::default();
         let policy = Arc::new(Policy::with_rate(&cfg, own_uid, recent.clone())?);

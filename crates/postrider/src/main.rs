@@ -3,18 +3,13 @@
 
 mod cli;
 mod control;
-mod counters;
-mod deliver;
-mod dsn;
 mod interfaces;
 mod local;
 mod metrics;
-mod milter;
 mod pickup;
-mod queue;
+mod queue_cmd;
 mod sendmail;
 mod serve;
-mod server;
 mod submit;
 
 use std::path::{Path, PathBuf};
@@ -104,5 +99,5 @@ fn queue_command(explicit: Option<&Path>, q: QueueArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    queue::cli::run(&cfg, q.action, q.json)
+    queue_cmd::run(&cfg, q.action, q.json)
 }

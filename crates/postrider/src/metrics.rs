@@ -12,16 +12,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::counters::Counters;
-use crate::queue::api::{QueueStats, Request, Response};
-use crate::queue::manager::QueueHandle;
-use crate::server::limits::ConnLimits;
+use queue::QueueHandle;
+use queue::api::{QueueStats, Request, Response};
+use smtp_server::limits::ConnLimits;
+
+/// Every component's counters, each owned (written) by its component.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub server: Arc<smtp_server::Counters>,
+    pub queue: Arc<queue::Counters>,
+    pub delivery: Arc<delivery::Counters>,
+}
 
 pub struct Sources {
     pub queue: QueueHandle,
     pub spool: spool::Spool,
     pub limits: ConnLimits,
-    pub counters: Arc<Counters>,
+    pub counters: Counters,
 }
 
 /// Appends one metric with its HELP and TYPE lines.
@@ -93,7 +100,7 @@ pub async fn render(s: &Sources) -> String {
         "gauge",
         "postrider_connections_out",
         "Open outbound SMTP/LMTP connections.",
-        s.counters.connections_out.load(Ordering::Relaxed),
+        s.counters.delivery.connections_out.load(Ordering::Relaxed),
     );
     let _ = write!(
         out,
@@ -111,28 +118,28 @@ pub async fn render(s: &Sources) -> String {
         "counter",
         "postrider_messages_received_total",
         "Messages accepted (250 after DATA).",
-        c.received.load(Ordering::Relaxed),
+        c.server.received.load(Ordering::Relaxed),
     );
     metric(
         &mut out,
         "counter",
         "postrider_dsn_sent_total",
         "DSNs queued.",
-        c.dsn_sent.load(Ordering::Relaxed),
+        c.queue.dsn_sent.load(Ordering::Relaxed),
     );
     metric(
         &mut out,
         "counter",
         "postrider_dns_lookups_total",
         "Destination lookups.",
-        c.dns_lookups.load(Ordering::Relaxed),
+        c.delivery.dns_lookups.load(Ordering::Relaxed),
     );
     metric(
         &mut out,
         "counter",
         "postrider_dns_lookup_seconds_total",
         "Time spent in destination lookups.",
-        c.dns_micros.load(Ordering::Relaxed) / 1_000_000,
+        c.delivery.dns_micros.load(Ordering::Relaxed) / 1_000_000,
     );
     let _ = write!(
         out,
@@ -143,9 +150,9 @@ pub async fn render(s: &Sources) -> String {
          # TYPE postrider_scheduler_tick_seconds summary\n\
          postrider_scheduler_tick_seconds_sum {:.6}\n\
          postrider_scheduler_tick_seconds_count {}\n",
-        c.tick_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
-        c.tick_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
-        c.ticks.load(Ordering::Relaxed),
+        c.queue.tick_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
+        c.queue.tick_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
+        c.queue.ticks.load(Ordering::Relaxed),
     );
     let st = s.spool.stats();
     metric(
@@ -167,9 +174,9 @@ pub async fn render(s: &Sources) -> String {
         "# HELP postrider_deliveries_total Recipient delivery results.\n# TYPE postrider_deliveries_total counter\n"
     );
     for (outcome, v) in [
-        ("delivered", &c.delivered),
-        ("deferred", &c.deferred),
-        ("failed", &c.failed),
+        ("delivered", &c.delivery.delivered),
+        ("deferred", &c.delivery.deferred),
+        ("failed", &c.delivery.failed),
     ] {
         let _ = writeln!(
             out,

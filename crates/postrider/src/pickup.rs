@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::local::{Policies, Policy};
-use crate::queue::manager::QueueHandle;
+use queue::QueueHandle;
 
 pub fn dir(spool: &Path) -> PathBuf {
     spool.join("pickup")

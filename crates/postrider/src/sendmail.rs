@@ -216,9 +216,7 @@ pub fn prepare(
         }
     }
     if !has("date") {
-        out.extend_from_slice(
-            format!("Date: {}\r\n", crate::server::headers::rfc5322_date(now)).as_bytes(),
-        );
+        out.extend_from_slice(format!("Date: {}\r\n", message::rfc5322_date(now)).as_bytes());
     }
     if !has("message-id") {
         out.extend_from_slice(format!("Message-ID: <{unique}@{hostname}>\r\n").as_bytes());
@@ -275,10 +273,10 @@ pub fn run(cfg: &Config, args: &[String]) -> ExitCode {
     };
     match o.mode {
         Mode::ListQueue => {
-            return crate::queue::cli::run(cfg, crate::cli::QueueAction::List, false);
+            return crate::queue_cmd::run(cfg, crate::cli::QueueAction::List, false);
         }
         Mode::Flush => {
-            return crate::queue::cli::run(
+            return crate::queue_cmd::run(
                 cfg,
                 crate::cli::QueueAction::Flush { domain: None },
                 false,

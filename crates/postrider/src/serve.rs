@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::deliver::Deliverer;
-use crate::deliver::client::ClientSettings;
-use crate::queue::manager::{Manager, QueueHandle, Settings};
-use crate::server::{self, Ctx, limits::ConnLimits};
+use delivery::Deliverer;
+use delivery::client::ClientSettings;
+use queue::manager::{Manager, QueueHandle, Settings};
+use smtp_server::{self as server, Ctx, limits::ConnLimits};
 
 /// How long in-flight sessions and deliveries get after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -89,7 +89,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
         )
     })?;
     info!("spool {}: {}", cfg.spool.display(), recovery.report);
-    let counters = Arc::new(crate::counters::Counters::default());
+    let counters = crate::metrics::Counters::default();
     let host_addresses = resolver::HostAddresses::new(crate::interfaces::read());
     let (mut manager, queue) = queue_manager(&cfg, &spool, &counters, &host_addresses)?;
     manager.recover(recovery.messages, recovery.schedules);
@@ -110,7 +110,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
             cfg.smtp.max_connections_per_client,
             cfg.smtp.connection_limit_exceptions(),
         ),
-        counters: counters.clone(),
+        counters: counters.server.clone(),
     });
     let metrics = match (cfg.control.metrics, metrics_listener) {
         (Some(addr), Some(listener)) => {
@@ -390,9 +390,9 @@ fn fixed_at_start(new: &Config, running: &Config) -> Vec<&'static str> {
 fn queue_manager(
     cfg: &Config,
     spool: &spool::Spool,
-    counters: &Arc<crate::counters::Counters>,
+    counters: &crate::metrics::Counters,
     host_addresses: &resolver::HostAddresses,
-) -> anyhow::Result<(Manager, QueueHandle)> {
+) -> anyhow::Result<(Manager<Deliverer>, QueueHandle)> {
     let resolver = resolver::Resolver::new(resolver::ResolverConfig {
         host_addresses: host_addresses.clone(),
         ..resolver_config(cfg)
@@ -405,7 +405,7 @@ fn queue_manager(
         tls_policy: cfg.tls_policy.clone(),
         source_address: cfg.delivery.source_address,
         max_queue_time: cfg.delivery.max_queue_time,
-        counters: counters.clone(),
+        counters: counters.delivery.clone(),
     });
     Ok(Manager::new(
         spool.clone(),
@@ -417,8 +417,8 @@ fn queue_manager(
             max_queue_time: cfg.delivery.max_queue_time,
             delivery_enabled: cfg.delivery.enabled,
             hostname: cfg.hostname.clone(),
-            counters: counters.clone(),
-            dsn: crate::queue::bounce::Policy {
+            counters: counters.queue.clone(),
+            dsn: queue::bounce::Policy {
                 delay_warning: cfg.delivery.delay_warning,
                 postmaster: match cfg.local.domains.first() {
                     Some(d) => format!("postmaster@{d}"),
@@ -450,7 +450,7 @@ pub fn run_queue_once(cfg: Config) -> anyhow::Result<()> {
             Err(e) => return Err(e).context(format!("opening the spool {}", cfg.spool.display())),
         };
         info!("spool {}: {}", cfg.spool.display(), recovery.report);
-        let counters = Arc::new(crate::counters::Counters::default());
+        let counters = crate::metrics::Counters::default();
         let host_addresses = resolver::HostAddresses::new(crate::interfaces::read());
         let (mut manager, _queue) = queue_manager(&cfg, &spool, &counters, &host_addresses)?;
         manager.recover(recovery.messages, recovery.schedules);
@@ -479,7 +479,7 @@ fn client_settings(cfg: &Config) -> anyhow::Result<ClientSettings> {
     // Loaded once at start so a missing bundle is a start-up error, not a deferral later.
     let verify_config = if wants_verify {
         Some(
-            crate::deliver::tls::verifying_config(d.tls_ca_file.as_deref())
+            delivery::tls::verifying_config(d.tls_ca_file.as_deref())
                 .map_err(|e| anyhow::anyhow!("delivery.tls_ca_file: {e}"))?,
         )
     } else {
@@ -488,7 +488,7 @@ fn client_settings(cfg: &Config) -> anyhow::Result<ClientSettings> {
     Ok(ClientSettings {
         hostname: cfg.hostname.clone(),
         delivery: d.clone(),
-        tls_config: crate::deliver::tls::client_config(),
+        tls_config: delivery::tls::client_config(),
         verify_config,
     })
 }

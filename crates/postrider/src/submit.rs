@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::local::{Policies, Policy, Refusal};
-use crate::queue::manager::QueueHandle;
+use queue::QueueHandle;
 
 /// Submissions read at once: each is held in memory up to the size limit.
 const CONCURRENT: usize = 8;

@@ -8,8 +8,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::api::{Request, Response};
-use crate::queue::manager::QueueHandle;
+use queue::QueueHandle;
+use queue::api::{Request, Response};
 
 /// Serves the control socket until shutdown. The socket is created owner-only (0600).
 pub async fn serve(

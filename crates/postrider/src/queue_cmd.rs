@@ -7,8 +7,8 @@ use config::Config;
 
 use crate::cli::QueueAction;
 use crate::control;
-use crate::queue::api::{self, MessageInfo, Request, Response};
 use crate::sysexits;
+use queue::api::{self, MessageInfo, Request, Response};
 
 pub fn run(cfg: &Config, action: QueueAction, json: bool) -> ExitCode {
     let req = match action {
@@ -164,7 +164,7 @@ fn print(resp: Response, json: bool) -> ExitCode {
                     "{}{held} {:>8} {} {sender}",
                     m.id,
                     m.size,
-                    crate::server::headers::rfc5322_date(
+                    message::rfc5322_date(
                         std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.arrival)
                     )
                 );

@@ -1,6 +1,6 @@
-//! Message header work the SMTP server does while content streams past: the `Received:`
-//! trace header we prepend (RFC 5321 §4.4) and a streaming scan of the header section that
-//! counts earlier `Received:` headers, so mail loops are refused (`554 5.4.6`).
+//! Trace fields and dates: the `Received:` header we prepend (RFC 5321 §4.4), RFC 5322
+//! dates, and a streaming scan of the header section that counts earlier `Received:`
+//! headers while content streams past, so mail loops are refused (`554 5.4.6`).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::server::headers::rfc5322_date;
+use message::rfc5322_date;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -200,17 +200,10 @@ impl Dsn<'_> {
     }
 }
 
-/// The header section of a message (through the blank line), for RET=HDRS.
-pub fn header_section(content: &[u8]) -> &[u8] {
-    match content.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => &content[..i + 2],
-        None => content,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use message::header_section;
 
     fn sample(full: bool) -> Vec<u8> {
         Dsn {

@@ -117,7 +117,7 @@ pub fn shape<'a>(envs: impl Iterator<Item = &'a spool::Envelope>, top: usize) ->
             .position(|&b| age < b)
             .unwrap_or(SHAPE_BUCKETS.len());
         for r in env.recipients.iter().filter(|r| !r.state.is_final()) {
-            let d = crate::queue::schedule::rcpt_domain(&r.address);
+            let d = crate::schedule::rcpt_domain(&r.address);
             let row = rows.entry(d.clone()).or_insert_with(|| ShapeRow {
                 domain: d,
                 total: 0,

@@ -3,10 +3,12 @@
 //! it answers `250` only once the spool says the message is durable.
 
 pub mod conn;
-pub mod headers;
+pub mod counters;
 pub mod limits;
 pub mod policy;
 pub mod session;
+
+pub use counters::Counters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::queue::manager::QueueHandle;
 use conn::Conn;
 use limits::{ConnLimits, Refusal};
+use queue::QueueHandle;
 use session::{Next, Session};
 
 /// What every session shares: read-only configuration and handles to the owners of state.
@@ -40,7 +42,7 @@ pub struct Ctx {
     pub tls: Option<TlsAcceptor>,
     pub shutdown: CancellationToken,
     pub limits: ConnLimits,
-    pub counters: Arc<crate::counters::Counters>,
+    pub counters: Arc<crate::Counters>,
 }
 
 impl Ctx {

@@ -7,95 +7,21 @@
 //! the next message, so a crash repeats at most the deliveries of the last commit window,
 //! and never more than a few per connection: a connection waits when its results lag.
 
-use spool::{BodyType, DsnRet, MessageRef, Notify, TxnId};
-
-use crate::queue::schedule::DomainId;
-
-/// One attempt for one domain.
-pub struct Attempt {
-    pub domain: DomainId,
-    pub domain_name: String,
-    pub messages: Vec<JobMessage>,
-}
-
-pub struct JobMessage {
-    pub id: TxnId,
-    pub mref: MessageRef,
-    pub sender: String,
-    pub body: BodyType,
-    pub smtputf8: bool,
-    pub envid: Option<String>,
-    pub ret: Option<DsnRet>,
-    pub size: u64,
-    /// Unix seconds, for the delay in the logs.
-    pub arrival: u64,
-    /// Older than `delivery.max_queue_time`: fail without trying.
-    pub expired: bool,
-    pub recipients: Vec<JobRecipient>,
-}
-
-pub struct JobRecipient {
-    pub index: u16,
-    pub address: String,
-    pub notify: Notify,
-    pub orcpt: Option<String>,
-    pub tries: u32,
-}
-
-pub struct AttemptReport {
-    pub domain: DomainId,
-    pub domain_name: String,
-    /// Results durable in the spool: the manager may act on them.
-    pub results: Vec<RcptResult>,
-    /// Results the spool could not record. They are not final: the recipients keep their
-    /// previous state and are tried again (a delivery may then be repeated, never lost).
-    pub unrecorded: Vec<RcptResult>,
-}
-
-pub struct RcptResult {
-    pub id: TxnId,
-    pub index: u16,
-    pub outcome: RcptOutcome,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RcptOutcome {
-    Delivered {
-        relay: String,
-        reply: String,
-        handoff: Handoff,
-    },
-    Deferred {
-        relay: Option<String>,
-        reply: String,
-    },
-    Failed {
-        relay: Option<String>,
-        reply: String,
-    },
-}
-
-impl RcptOutcome {
-    /// The server that answered, and how a delivered recipient was handed on.
-    pub fn relay_and_handoff(&self) -> (Option<String>, Handoff) {
-        match self {
-            RcptOutcome::Delivered { relay, handoff, .. } => (Some(relay.clone()), *handoff),
-            RcptOutcome::Deferred { relay, .. } | RcptOutcome::Failed { relay, .. } => {
-                (relay.clone(), Handoff::Unknown)
-            }
-        }
-    }
-}
+use queue::{Attempt, AttemptReport, JobMessage, RcptOutcome, RcptResult};
+use spool::TxnId;
 
 pub mod client;
+pub mod counters;
 pub mod tls;
+
+pub use counters::Counters;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use client::{Client, ClientSettings, SessionError};
 use resolver::{Destination, Resolver};
-use spool::{Handoff, RcptState, Spool, Update};
+use spool::{RcptState, Spool, Update};
 use tracing::{info, warn};
 
 /// Runs delivery attempts; shared by every attempt task (its parts are all handles).
@@ -105,17 +31,17 @@ pub struct Deliverer {
     pub settings: ClientSettings,
     pub source_address: Option<IpAddr>,
     pub max_queue_time: std::time::Duration,
-    pub counters: std::sync::Arc<crate::counters::Counters>,
+    pub counters: std::sync::Arc<crate::Counters>,
     /// `[tls_policy]`: per destination domain, overriding `settings.delivery.tls`.
     pub tls_policy: config::RouteTable<config::TlsPolicy>,
 }
 
 /// Counts an open outbound connection for as long as it lives.
-struct OutConn<'a>(&'a crate::counters::Counters);
+struct OutConn<'a>(&'a crate::Counters);
 
 impl<'a> OutConn<'a> {
-    fn new(c: &'a crate::counters::Counters) -> Self {
-        crate::counters::Counters::inc(&c.connections_out);
+    fn new(c: &'a crate::Counters) -> Self {
+        crate::counters::inc(&c.connections_out);
         OutConn(c)
     }
 }
@@ -134,6 +60,12 @@ fn all(msg: &JobMessage, outcome: &RcptOutcome) -> impl Iterator<Item = RcptResu
         index: r.index,
         outcome: outcome.clone(),
     })
+}
+
+impl queue::Deliver for Deliverer {
+    fn run(&self, attempt: Attempt) -> impl std::future::Future<Output = AttemptReport> + Send {
+        Deliverer::run(self, attempt)
+    }
 }
 
 impl Deliverer {
@@ -171,7 +103,7 @@ impl Deliverer {
         if !live.is_empty() {
             let started = std::time::Instant::now();
             let resolved = self.resolver.resolve(&attempt.domain_name).await;
-            crate::counters::Counters::inc(&self.counters.dns_lookups);
+            crate::counters::inc(&self.counters.dns_lookups);
             self.counters.dns_micros.fetch_add(
                 started.elapsed().as_micros() as u64,
                 std::sync::atomic::Ordering::Relaxed,
@@ -209,7 +141,7 @@ impl Deliverer {
                 .unwrap_or(("?", now));
             log_result(&attempt.domain_name, r, to, now.saturating_sub(arrival));
             let c = &self.counters;
-            crate::counters::Counters::inc(match r.outcome {
+            crate::counters::inc(match r.outcome {
                 RcptOutcome::Delivered { .. } => &c.delivered,
                 RcptOutcome::Deferred { .. } => &c.deferred,
                 RcptOutcome::Failed { .. } => &c.failed,
@@ -224,7 +156,7 @@ impl Deliverer {
                 relay = relay.as_deref().unwrap_or("none"), status = "deferred",
                 "result not recorded, the recipient stays queued and is tried again: {e}"
             );
-            crate::counters::Counters::inc(&self.counters.deferred);
+            crate::counters::inc(&self.counters.deferred);
         }
         AttemptReport {
             domain: attempt.domain,
@@ -457,16 +389,16 @@ fn log_result(domain: &str, r: &RcptResult, to: &str, delay: u64) {
     let rcpt_id = r.id.rcpt_id(r.index);
     match &r.outcome {
         RcptOutcome::Delivered { relay, reply, .. } => info!(
-            queue_id = %r.id, %rcpt_id, to, domain, relay, delay, dsn = %crate::dsn::status_of(reply, 2),
+            queue_id = %r.id, %rcpt_id, to, domain, relay, delay, dsn = %queue::dsn::status_of(reply, 2),
             status = "sent", reply, "delivered"
         ),
         RcptOutcome::Deferred { relay, reply } => info!(
             queue_id = %r.id, %rcpt_id, to, domain, relay = relay.as_deref().unwrap_or("none"), delay,
-            dsn = %crate::dsn::status_of(reply, 4), status = "deferred", reply, "deferred"
+            dsn = %queue::dsn::status_of(reply, 4), status = "deferred", reply, "deferred"
         ),
         RcptOutcome::Failed { relay, reply } => info!(
             queue_id = %r.id, %rcpt_id, to, domain, relay = relay.as_deref().unwrap_or("none"), delay,
-            dsn = %crate::dsn::status_of(reply, 5), status = "bounced", reply, "failed"
+            dsn = %queue::dsn::status_of(reply, 5), status = "bounced", reply, "failed"
         ),
     }
 }

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::schedule::{AttemptOutcome, DomainId, Scheduler, rcpt_domain};
-use crate::deliver::{Attempt, AttemptReport, Deliverer, JobMessage, JobRecipient, RcptOutcome};
-use crate::queue::api::{MessageInfo, Request, Response};
+use crate::api::{MessageInfo, Request, Response};
+use crate::job::{Attempt, AttemptReport, Deliver, JobMessage, JobRecipient, RcptOutcome};
 
 /// One undelivered (message, recipient) pair, as it sits in a domain's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,15 +87,15 @@ pub struct Settings {
     pub delivery_enabled: bool,
     /// Our name, for DSNs.
     pub hostname: String,
-    pub counters: Arc<crate::counters::Counters>,
+    pub counters: Arc<crate::Counters>,
     pub dsn: super::bounce::Policy,
 }
 
-pub struct Manager {
+pub struct Manager<D> {
     messages: HashMap<TxnId, Msg>,
     sched: Scheduler<Pair>,
     spool: Spool,
-    deliverer: Arc<Deliverer>,
+    deliverer: Arc<D>,
     settings: Settings,
     rx: mpsc::Receiver<QueueMsg>,
     tx: mpsc::Sender<QueueMsg>,
@@ -132,8 +132,8 @@ fn schedulable(env: &Envelope) -> (usize, Vec<(String, Pair)>) {
     (open, pairs)
 }
 
-impl Manager {
-    pub fn new(spool: Spool, deliverer: Arc<Deliverer>, settings: Settings) -> (Self, QueueHandle) {
+impl<D: Deliver> Manager<D> {
+    pub fn new(spool: Spool, deliverer: Arc<D>, settings: Settings) -> (Self, QueueHandle) {
         let (tx, rx) = mpsc::channel(4096);
         let sched = Scheduler::new(settings.backoff.clone(), settings.concurrency);
         let m = Manager {
@@ -289,7 +289,10 @@ impl Manager {
                     }
                 }
                 tracing::info!(queue_id = %id, dsn = %benv.id, to = %benv.recipients[0].address, "sender notified");
-                crate::counters::Counters::inc(&self.settings.counters.dsn_sent);
+                self.settings
+                    .counters
+                    .dsn_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let size = bref.len();
                 self.insert(benv, bref, size, true, Instant::now());
                 if let Some(u) = self.settle(id) {
@@ -578,7 +581,7 @@ impl Manager {
             }
             Err(e) => return format!("(cannot read the content: {e})"),
         }
-        let n = crate::dsn::header_section(&buf).len();
+        let n = message::header_section(&buf).len();
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
@@ -602,7 +605,7 @@ impl Manager {
                 }
                 None => Response::error(format!("no message {id} in the queue")),
             },
-            Request::Shape { top } => Response::Shape(crate::queue::api::shape(
+            Request::Shape { top } => Response::Shape(crate::api::shape(
                 self.messages.values().map(|m| &m.env),
                 top,
             )),
@@ -690,8 +693,8 @@ impl Manager {
 
     /// Domains by pending recipients across age buckets (minutes), like Postfix's qshape.
     /// Gauges for the metrics endpoint; O(queue), asked once per scrape.
-    fn stats(&self) -> crate::queue::api::QueueStats {
-        let mut s = crate::queue::api::QueueStats {
+    fn stats(&self) -> crate::api::QueueStats {
+        let mut s = crate::api::QueueStats {
             messages: self.messages.len() as u64,
             attempts_in_flight: self.sched.in_flight() as u64,
             ..Default::default()

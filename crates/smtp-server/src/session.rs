@@ -1,6 +1,6 @@
 //! One SMTP session: reads commands, enforces the RFC 5321 §4.1.4 order, asks the relay
 //! policy and the spool, and writes replies. Parsing lives in `smtp-proto`, relay decisions in
-//! `policy`, headers in `headers`; this module only sequences them over a connection.
+//! `policy`, headers in the `message` crate; this module only sequences them over a connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::Ctx;
 use super::conn::{Conn, ReadError};
-use super::headers::{self, HeaderScan, Trace};
 use super::policy::{Decision, RcptDomain, RelayPolicy};
+use message::{HeaderScan, Trace};
 
 /// How a session's command loop ended.
 pub enum Next {
@@ -87,7 +87,7 @@ pub struct Session {
     peer: SocketAddr,
     local: SocketAddr,
     /// Connected at HELO when `[[milter]]`s are configured.
-    milters: Option<crate::milter::Milters>,
+    milters: Option<milter::Milters>,
     /// A milter refused the connection: every later command gets this.
     milter_refusal: Option<Reply>,
     id: TxnId,
@@ -306,13 +306,13 @@ impl Session {
             return Ok(ok);
         }
         if self.milters.is_none() {
-            let ctx = crate::milter::Context {
+            let ctx = milter::Context {
                 hostname: self.cfg.hostname.clone(),
                 client: self.peer,
                 local: self.local,
                 client_name: format!("[{}]", self.peer.ip()),
             };
-            let (m, v) = crate::milter::Milters::connect(&self.cfg.milters, ctx).await;
+            let (m, v) = milter::Milters::connect(&self.cfg.milters, ctx).await;
             self.milters = Some(m);
             if let Some(r) = self.refusal(v) {
                 self.milter_refusal = Some(r.clone());
@@ -336,8 +336,8 @@ impl Session {
     }
 
     /// A milter verdict as the reply to send, if it refuses.
-    fn refusal(&self, v: crate::milter::Verdict) -> Option<Reply> {
-        use crate::milter::Verdict;
+    fn refusal(&self, v: milter::Verdict) -> Option<Reply> {
+        use milter::Verdict;
         match v {
             Verdict::Reject(r) | Verdict::Tempfail(r) => {
                 info!(session = %self.id, client = %self.peer, reply = %r.to_string().trim_end(), "refused by a milter");
@@ -371,7 +371,7 @@ impl Session {
         };
         let id = txn.id.to_string();
         let v = m.mail(&from, args, &id).await;
-        if v == crate::milter::Verdict::Discard {
+        if v == milter::Verdict::Discard {
             info!(queue_id = %id, "a milter discards the message at MAIL");
             self.txn.as_mut().expect("MAIL accepted").discarded = true;
         }
@@ -525,7 +525,7 @@ impl Session {
         let discarded = self.txn.as_ref().is_some_and(|t| t.discarded);
         if let Some(m) = self.milters.as_mut().filter(|_| !discarded) {
             let v = m.rcpt(&address).await;
-            if v == crate::milter::Verdict::Discard
+            if v == milter::Verdict::Discard
                 && let Some(t) = self.txn.as_mut()
             {
                 info!(queue_id = %t.id, rcpt = %address, "a milter discards the message at RCPT");
@@ -628,7 +628,7 @@ impl Session {
             (false, false) => "SMTP",
         };
         let id = txn.id.to_string();
-        headers::received(&Trace {
+        message::received(&Trace {
             helo: self.helo.as_deref().unwrap_or("unknown"),
             client_ip: self.peer.ip(),
             hostname: &self.cfg.hostname,
@@ -865,7 +865,7 @@ impl Session {
                 Err(e) => return spool_error_reply(&e),
             };
             let (v, changes) = m.message(reader, &env.id.to_string()).await;
-            use crate::milter::Verdict;
+            use milter::Verdict;
             match v {
                 Verdict::Reject(r) | Verdict::Tempfail(r) => {
                     info!(queue_id = %env.id, reply = %r.to_string().trim_end(), "message refused by a milter");
@@ -879,17 +879,17 @@ impl Session {
             }
             for a in &changes.add_rcpts {
                 env.recipients.push(Recipient {
-                    address: crate::milter::strip(a),
+                    address: milter::strip(a),
                     ..Default::default()
                 });
             }
             for a in &changes.del_rcpts {
-                let a = crate::milter::strip(a);
+                let a = milter::strip(a);
                 env.recipients
                     .retain(|r| !r.address.eq_ignore_ascii_case(&a));
             }
             if let Some(f) = &changes.from {
-                env.sender = crate::milter::strip(f);
+                env.sender = milter::strip(f);
             }
             if let Some(why) = &changes.quarantine {
                 info!(queue_id = %env.id, reason = %why, "quarantined by a milter: held");
@@ -947,7 +947,7 @@ impl Session {
                     "received"
                 );
                 let id = env.id;
-                crate::counters::Counters::inc(&self.ctx.counters.received);
+                crate::counters::inc(&self.ctx.counters.received);
                 self.ctx.queue.arrived(env, mref, size).await;
                 let mut ids = id.to_string();
                 for c in &copies {
@@ -968,13 +968,13 @@ impl Session {
 async fn rewrite(
     spool: &spool::Spool,
     content: ContentWriter,
-    changes: &crate::milter::Changes,
+    changes: &milter::Changes,
 ) -> Result<ContentWriter, spool::SpoolError> {
     let id = content.id();
     let mut r = content.into_reader()?;
-    let head = crate::milter::read_header_section(&mut r);
+    let head = message::read_header_section(&mut r);
     let mut w = spool.content_writer(id);
-    w.write(&crate::milter::apply_headers(&head, &changes.headers))
+    w.write(&message::apply_headers(&head, &changes.headers))
         .await?;
     match &changes.body {
         Some(body) => {
@@ -1031,7 +1031,7 @@ async fn list_copies(
         };
         let mref = ctx.spool.commit(&copy, w).await?;
         info!(queue_id = %id, original = %env.id, from = %copy.sender, size, nrcpt = copy.recipients.len(), "received (list copy for its owner)");
-        crate::counters::Counters::inc(&ctx.counters.received);
+        crate::counters::inc(&ctx.counters.received);
         ctx.queue.arrived(copy, mref, size).await;
         ids.push(id);
     }

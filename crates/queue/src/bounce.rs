@@ -12,7 +12,8 @@ use spool::{
     Update,
 };
 
-use crate::dsn::{Action, Dsn, DsnRecipient, header_section, status_of};
+use crate::dsn::{Action, Dsn, DsnRecipient, status_of};
+use message::header_section;
 
 /// Content returned with a failure report is cut at this size (Postfix's bounce_size_limit).
 const RETURN_LIMIT: u64 = 50_000;

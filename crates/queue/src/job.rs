@@ -1,0 +1,91 @@
+//! What the queue manager hands to delivery and what comes back: an attempt (one domain, a
+//! batch of messages newest first) and its report (each recipient's outcome, durable or
+//! not). Delivery implements [`Deliver`]; the manager knows nothing else about it.
+
+use std::future::Future;
+
+use spool::{BodyType, DsnRet, Handoff, MessageRef, Notify, TxnId};
+
+use crate::schedule::DomainId;
+
+/// Runs one attempt to its end. Implemented by the SMTP/LMTP client; tests may implement
+/// it to drive the manager without a network.
+pub trait Deliver: Send + Sync + 'static {
+    fn run(&self, attempt: Attempt) -> impl Future<Output = AttemptReport> + Send;
+}
+
+/// One attempt for one domain.
+pub struct Attempt {
+    pub domain: DomainId,
+    pub domain_name: String,
+    pub messages: Vec<JobMessage>,
+}
+
+pub struct JobMessage {
+    pub id: TxnId,
+    pub mref: MessageRef,
+    pub sender: String,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    pub envid: Option<String>,
+    pub ret: Option<DsnRet>,
+    pub size: u64,
+    /// Unix seconds, for the delay in the logs.
+    pub arrival: u64,
+    /// Older than `delivery.max_queue_time`: fail without trying.
+    pub expired: bool,
+    pub recipients: Vec<JobRecipient>,
+}
+
+pub struct JobRecipient {
+    pub index: u16,
+    pub address: String,
+    pub notify: Notify,
+    pub orcpt: Option<String>,
+    pub tries: u32,
+}
+
+pub struct AttemptReport {
+    pub domain: DomainId,
+    pub domain_name: String,
+    /// Results durable in the spool: the manager may act on them.
+    pub results: Vec<RcptResult>,
+    /// Results the spool could not record. They are not final: the recipients keep their
+    /// previous state and are tried again (a delivery may then be repeated, never lost).
+    pub unrecorded: Vec<RcptResult>,
+}
+
+pub struct RcptResult {
+    pub id: TxnId,
+    pub index: u16,
+    pub outcome: RcptOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Delivered {
+        relay: String,
+        reply: String,
+        handoff: Handoff,
+    },
+    Deferred {
+        relay: Option<String>,
+        reply: String,
+    },
+    Failed {
+        relay: Option<String>,
+        reply: String,
+    },
+}
+
+impl RcptOutcome {
+    /// The server that answered, and how a delivered recipient was handed on.
+    pub fn relay_and_handoff(&self) -> (Option<String>, Handoff) {
+        match self {
+            RcptOutcome::Delivered { relay, handoff, .. } => (Some(relay.clone()), *handoff),
+            RcptOutcome::Deferred { relay, .. } | RcptOutcome::Failed { relay, .. } => {
+                (relay.clone(), Handoff::Unknown)
+            }
+        }
+    }
+}
