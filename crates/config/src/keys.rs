@@ -366,8 +366,23 @@ pub fn reference_markdown() -> String {
             k.doc
         ));
     }
+    out.push_str(TABLES_OF_DOMAINS);
     out
 }
+
+/// The two sections keyed by domain pattern rather than by name, so not rows of the table.
+const TABLES_OF_DOMAINS: &str = r#"
+## `[routes]`
+
+The mailertable: `"example.com"` (that domain), `".example.com"` (its subdomains) or `"*"`
+(everything else, a smarthost), each mapped to `"[192.0.2.1]:25"`, `"host:port"`, `"host"`,
+`"mx:domain"` or `"lmtp:..."`. The longest match wins.
+
+## `[tls_policy]`
+
+The same domain patterns mapped to a TLS policy (`none`, `may`, `encrypt`, `verify`),
+overriding `delivery.tls` for those destinations.
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -534,7 +549,14 @@ mod tests {
                 assert!(row.contains(&format!("`{d}`")), "{row}");
             }
         }
-        for section in ["`[smtp]`", "`[[milter]]`", "`[log]`", "Top level"] {
+        for section in [
+            "`[smtp]`",
+            "`[[milter]]`",
+            "`[log]`",
+            "Top level",
+            "`[routes]`",
+            "`[tls_policy]`",
+        ] {
             assert!(md.contains(section), "{section}");
         }
     }

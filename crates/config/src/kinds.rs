@@ -682,6 +682,20 @@ mod tests {
         (0u64..100_000_000_000).prop_map(Duration::from_millis)
     }
 
+    /// The reference lists exactly the words the parser takes as canonical.
+    #[test]
+    fn listed_words_parse() {
+        fn check<T: Words + std::str::FromStr>() {
+            for w in T::WORDS {
+                let v = w.parse::<T>().unwrap_or_else(|_| panic!("{w}"));
+                assert_eq!(v.word(), *w);
+            }
+        }
+        check::<TlsPolicy>();
+        check::<MilterFailure>();
+        check::<LogFormat>();
+    }
+
     proptest! {
         #[test]
         fn strings(s in "\\PC{0,30}") {
