@@ -43,7 +43,7 @@ pub enum ValueKind {
     HostName,
     LmtpAddress,
     MilterAddress,
-    /// One of these words (the first of each group of synonyms is listed).
+    /// One of these words (synonyms such as Postfix's are accepted but not listed).
     OneOf(&'static [&'static str]),
 }
 
