@@ -31,18 +31,34 @@ pub enum LmtpTarget {
     Unix(std::path::PathBuf),
 }
 
-/// Why a route target did not parse.
+/// Why a route target or pattern did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct RouteTargetError(String);
-
-fn err(msg: impl Into<String>) -> RouteTargetError {
-    RouteTargetError(msg.into())
+pub enum RouteTargetError {
+    #[error("empty route target")]
+    Empty,
+    #[error("'{0}' is not a port number (1-65535)")]
+    NotAPort(String),
+    #[error("'{0}': missing ']' after address literal")]
+    UnclosedLiteral(String),
+    #[error("'{0}' is not an IP address")]
+    NotAnIpAddress(String),
+    #[error("'{0}': expected ':port' after ']'")]
+    ExpectedPort(String),
+    #[error("'{0}' is not a valid host name")]
+    NotAHostName(String),
+    #[error("'{0}': unix socket path must be absolute")]
+    RelativeUnixPath(String),
+    #[error("'{0}': LMTP needs a port")]
+    LmtpNeedsPort(String),
+    #[error("'{0}' is not a valid domain")]
+    NotADomain(String),
+    #[error("'{0}' is not a domain, '.domain' or '*'")]
+    NotAPattern(String),
 }
 
 fn parse_port(s: &str) -> Result<u16, RouteTargetError> {
     match s.parse::<u16>() {
-        Ok(0) | Err(_) => Err(err(format!("'{s}' is not a port number (1-65535)"))),
+        Ok(0) | Err(_) => Err(RouteTargetError::NotAPort(s.into())),
         Ok(p) => Ok(p),
     }
 }
@@ -51,7 +67,7 @@ fn parse_port(s: &str) -> Result<u16, RouteTargetError> {
 fn parse_literal(s: &str) -> Result<(IpAddr, Option<u16>), RouteTargetError> {
     let end = s
         .find(']')
-        .ok_or_else(|| err(format!("'{s}': missing ']' after address literal")))?;
+        .ok_or_else(|| RouteTargetError::UnclosedLiteral(s.into()))?;
     let inner = &s[1..end];
     let inner = inner
         .strip_prefix("IPv6:")
@@ -59,13 +75,14 @@ fn parse_literal(s: &str) -> Result<(IpAddr, Option<u16>), RouteTargetError> {
         .unwrap_or(inner);
     let addr: IpAddr = inner
         .parse()
-        .map_err(|_| err(format!("'{inner}' is not an IP address")))?;
+        .map_err(|_| RouteTargetError::NotAnIpAddress(inner.into()))?;
     let rest = &s[end + 1..];
     let port = match rest {
         "" => None,
-        _ => Some(parse_port(rest.strip_prefix(':').ok_or_else(|| {
-            err(format!("'{s}': expected ':port' after ']'"))
-        })?)?),
+        _ => Some(parse_port(
+            rest.strip_prefix(':')
+                .ok_or_else(|| RouteTargetError::ExpectedPort(s.into()))?,
+        )?),
     };
     Ok((addr, port))
 }
@@ -91,7 +108,7 @@ fn parse_host_port(s: &str) -> Result<(String, Option<u16>), RouteTargetError> {
         None => (s, None),
     };
     if !valid_hostname(host) {
-        return Err(err(format!("'{host}' is not a valid host name")));
+        return Err(RouteTargetError::NotAHostName(host.into()));
     }
     Ok((host.to_ascii_lowercase(), port))
 }
@@ -102,29 +119,29 @@ impl FromStr for RouteTarget {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.is_empty() {
-            return Err(err("empty route target"));
+            return Err(RouteTargetError::Empty);
         }
         if let Some(rest) = s.strip_prefix("lmtp:") {
             if let Some(path) = rest.strip_prefix("unix:") {
                 if !path.starts_with('/') {
-                    return Err(err(format!("'{path}': unix socket path must be absolute")));
+                    return Err(RouteTargetError::RelativeUnixPath(path.into()));
                 }
                 return Ok(RouteTarget::Lmtp(LmtpTarget::Unix(path.into())));
             }
             if rest.starts_with('[') {
                 let (addr, port) = parse_literal(rest)?;
-                let port = port.ok_or_else(|| err(format!("'{s}': LMTP needs a port")))?;
+                let port = port.ok_or_else(|| RouteTargetError::LmtpNeedsPort(s.into()))?;
                 return Ok(RouteTarget::Lmtp(LmtpTarget::Inet(SocketAddr::new(
                     addr, port,
                 ))));
             }
             let (host, port) = parse_host_port(rest)?;
-            let port = port.ok_or_else(|| err(format!("'{s}': LMTP needs a port")))?;
+            let port = port.ok_or_else(|| RouteTargetError::LmtpNeedsPort(s.into()))?;
             return Ok(RouteTarget::Lmtp(LmtpTarget::Host { host, port }));
         }
         if let Some(domain) = s.strip_prefix("mx:") {
             if !valid_hostname(domain) {
-                return Err(err(format!("'{domain}' is not a valid domain")));
+                return Err(RouteTargetError::NotADomain(domain.into()));
             }
             return Ok(RouteTarget::Mx {
                 domain: domain.to_ascii_lowercase(),
@@ -165,6 +182,24 @@ impl fmt::Display for RouteTarget {
     }
 }
 
+/// The `[local] lmtp` form: `127.0.0.1:24`, `[::1]:24`, `host:24`, `unix:/path`, that is a
+/// route's `lmtp:` target without its prefix.
+impl FromStr for LmtpTarget {
+    type Err = crate::error::AddressError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use crate::error::AddressError;
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(LmtpTarget::Inet(a));
+        }
+        match format!("lmtp:{s}").parse::<RouteTarget>() {
+            Ok(RouteTarget::Lmtp(t)) => Ok(t),
+            Ok(_) => Err(AddressError::NotLmtp(s.into())),
+            Err(e) => Err(AddressError::Lmtp(e)),
+        }
+    }
+}
+
 /// The key of a `[routes]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RoutePattern {
@@ -188,7 +223,7 @@ impl FromStr for RoutePattern {
             None => (false, s),
         };
         if !valid_hostname(name) {
-            return Err(err(format!("'{s}' is not a domain, '.domain' or '*'")));
+            return Err(RouteTargetError::NotAPattern(s.into()));
         }
         let name = normalize_domain(name);
         Ok(if sub {

@@ -6,30 +6,28 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::error::{AddressError, CidrError, DurationError, SizeError};
+
 /// Parses "90s", "5m", "1h30m", "250ms", "5d", "2w". A bare number is refused: the unit
 /// must be said.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "'{s}' has no unit (write e.g. '{s}s', '{s}m', '{s}h' or '{s}d')"
-        ));
+        return Err(DurationError::NoUnit(s.into()));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!(
-                "'{s}' is not a duration (expected e.g. 90s, 5m, 1h30m, 5d)"
-            ));
+            return Err(DurationError::NotADuration(s.into()));
         }
         let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("'{s}': number too large"))?;
+            .map_err(|_| DurationError::TooLarge(s.into()))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
@@ -42,14 +40,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
             "w" => Duration::from_secs(n.saturating_mul(604_800)),
             "" => {
-                return Err(format!(
-                    "'{s}': every number needs a unit (ms, s, m, h, d, w)"
-                ));
+                return Err(DurationError::MissingUnit(s.into()));
             }
             other => {
-                return Err(format!(
-                    "'{s}': unknown unit '{other}' (use ms, s, m, h, d or w)"
-                ));
+                return Err(DurationError::UnknownUnit {
+                    input: s.into(),
+                    unit: other.into(),
+                });
             }
         };
         total = total.saturating_add(d);
@@ -81,17 +78,15 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Parses "50MB", "10MiB", "512KB", "1GB", "1000" (bytes), "0".
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     let t = s.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
-        return Err(format!(
-            "'{s}' is not a size (expected e.g. 50MB, 10MiB, 512KB)"
-        ));
+        return Err(SizeError::NotASize(s.into()));
     }
     let n: u64 = t[..digits]
         .parse()
-        .map_err(|_| format!("'{s}': number too large"))?;
+        .map_err(|_| SizeError::NumberTooLarge(s.into()))?;
     let mult: u64 = match t[digits..].trim() {
         "" | "B" => 1,
         "KB" | "kB" | "K" | "k" => 1000,
@@ -101,13 +96,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GB" | "G" => 1_000_000_000,
         "GiB" => 1 << 30,
         other => {
-            return Err(format!(
-                "'{s}': unknown unit '{other}' (use B, KB, KiB, MB, MiB, GB, GiB)"
-            ));
+            return Err(SizeError::UnknownUnit {
+                input: s.into(),
+                unit: other.into(),
+            });
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))
+        .ok_or_else(|| SizeError::TooLarge(s.into()))
 }
 
 /// An IP network in CIDR notation. A bare address is a /32 or /128.
@@ -118,10 +114,10 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, CidrError> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
-            return Err(format!("prefix /{prefix} is longer than {max}"));
+            return Err(CidrError::PrefixTooLong { prefix, max });
         }
         Ok(Cidr {
             addr: mask(addr, prefix),
@@ -161,24 +157,30 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 }
 
 impl std::str::FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
 
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let (a, p) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a.trim().parse().map_err(|_| {
-            format!("'{s}' is not a network (expected e.g. 127.0.0.0/8 or ::1/128)")
-        })?;
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| CidrError::NotANetwork(s.into()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("'{s}': '/{p}' is not a prefix length"))?,
+            Some(p) => p.parse().map_err(|_| CidrError::NotAPrefix {
+                input: s.into(),
+                prefix: p.into(),
+            })?,
         };
-        Cidr::new(addr, prefix).map_err(|e| format!("'{s}': {e}"))
+        Cidr::new(addr, prefix).map_err(|_| CidrError::PrefixTooLongIn {
+            input: s.into(),
+            prefix,
+            max,
+        })
     }
 }
 
@@ -196,34 +198,32 @@ pub enum MilterAddress {
 }
 
 impl std::str::FromStr for MilterAddress {
-    type Err = String;
+    type Err = AddressError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, AddressError> {
         if let Some(p) = s.strip_prefix("unix:") {
             if !p.starts_with('/') {
-                return Err(format!("'{s}': unix socket path must be absolute"));
+                return Err(AddressError::RelativeUnixPath(s.into()));
             }
             return Ok(MilterAddress::Unix(p.into()));
         }
         let a = s
             .strip_prefix("inet:")
-            .ok_or_else(|| format!("'{s}' must start with inet: or unix:"))?;
+            .ok_or_else(|| AddressError::NoScheme(s.into()))?;
         parse_socket_addr(a).map(MilterAddress::Inet)
     }
 }
 
 /// `127.0.0.1:25`, `[::1]:25`, `localhost:25` (resolved to loopback only).
-pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, AddressError> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
     if let Some(port) = s.strip_prefix("localhost:") {
-        let port: u16 = port.parse().map_err(|_| format!("'{s}' has a bad port"))?;
+        let port: u16 = port.parse().map_err(|_| AddressError::BadPort(s.into()))?;
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    Err(format!(
-        "'{s}' is not a socket address (expected ip:port, e.g. 127.0.0.1:25 or [::1]:25)"
-    ))
+    Err(AddressError::NotASocketAddress(s.into()))
 }
 
 #[cfg(test)]
@@ -241,7 +241,12 @@ mod tests {
         for bad in ["", "90", "5x", "m", "1h30", "-1s", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert!(parse_duration("90").unwrap_err().contains("no unit"));
+        assert!(
+            parse_duration("90")
+                .unwrap_err()
+                .to_string()
+                .contains("no unit")
+        );
     }
 
     #[test]
