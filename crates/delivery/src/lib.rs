@@ -7,7 +7,7 @@
 //! the next message, so a crash repeats at most the deliveries of the last commit window,
 //! and never more than a few per connection: a connection waits when its results lag.
 
-use queue::{Attempt, AttemptReport, JobMessage, RcptOutcome, RcptResult};
+use queue::{Attempt, AttemptReport, JobMessage, RcptOutcome, RcptResult, Recorder};
 use spool::TxnId;
 
 pub mod client;
@@ -16,12 +16,12 @@ pub mod tls;
 
 pub use counters::Counters;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 
 use client::{Client, ClientSettings, SessionError};
 use resolver::{Destination, Resolver};
-use spool::{RcptState, Spool, Update};
+use spool::Spool;
 use tracing::{info, warn};
 
 /// Runs delivery attempts; shared by every attempt task (its parts are all handles).
@@ -72,11 +72,6 @@ impl Deliverer {
     /// One attempt: resolve afresh, one connection, every message in order; the recipient
     /// results are durable in the spool before this returns.
     pub async fn run(&self, attempt: Attempt) -> AttemptReport {
-        let tries: std::collections::HashMap<(TxnId, u16), u32> = attempt
-            .messages
-            .iter()
-            .flat_map(|m| m.recipients.iter().map(move |r| ((m.id, r.index), r.tries)))
-            .collect();
         // For the log lines: who each result is about, and how long the message has waited.
         let who: std::collections::HashMap<(TxnId, u16), (String, u64)> = attempt
             .messages
@@ -87,7 +82,7 @@ impl Deliverer {
                     .map(move |r| ((m.id, r.index), (r.address.clone(), m.arrival)))
             })
             .collect();
-        let mut rec = Recorder::new(&self.spool, tries);
+        let mut rec = attempt.recorder;
         let (expired, live): (Vec<JobMessage>, Vec<JobMessage>) =
             attempt.messages.into_iter().partition(|m| m.expired);
         let mut results = Vec::new();
@@ -134,7 +129,7 @@ impl Deliverer {
         }
         let (results, unrecorded) = rec.finish().await;
         let now = spool::unix_now();
-        for r in &results {
+        for r in results.iter().map(|x| &x.result) {
             let (to, arrival) = who
                 .get(&(r.id, r.index))
                 .map(|(a, t)| (a.as_str(), *t))
@@ -261,126 +256,6 @@ impl Deliverer {
         };
         let outcome = RcptOutcome::Deferred { relay: None, reply };
         rec.record(pending.iter().flat_map(|m| all(m, &outcome)).collect());
-    }
-}
-
-/// One spool write of some results: running on its own task, or finished with its outcome.
-enum Write {
-    Running(tokio::task::JoinHandle<Result<(), spool::SpoolError>>),
-    Done(Result<(), String>),
-}
-
-impl Write {
-    async fn outcome(self) -> Result<(), String> {
-        match self {
-            Write::Done(r) => r,
-            Write::Running(h) => Self::joined(h.await),
-        }
-    }
-
-    fn joined(
-        r: Result<Result<(), spool::SpoolError>, tokio::task::JoinError>,
-    ) -> Result<(), String> {
-        match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("spool write task: {e}")),
-        }
-    }
-}
-
-/// A connection goes on while fewer than this many of its messages' results are unwritten,
-/// or while the oldest of them is younger than [`MAX_LAG`]; otherwise it waits for the
-/// oldest. A healthy journal commits within a few milliseconds and never holds delivery up;
-/// a journal commit stuck behind writeback can take seconds while the next hop goes on
-/// accepting, and then a crash repeats only what a connection delivers in `MAX_LAG`.
-const MAX_UNRECORDED: usize = 4;
-const MAX_LAG: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Writes an attempt's results to the spool as they come in, without waiting for each
-/// write: the writer's group commit joins them with whatever else is being committed.
-struct Recorder {
-    spool: Spool,
-    tries: HashMap<(TxnId, u16), u32>,
-    writes: Vec<(Vec<RcptResult>, std::time::Instant, Write)>,
-    /// Writes before this index are joined (`Write::Done`): `keep_up` looks only past it.
-    joined: usize,
-}
-
-impl Recorder {
-    fn new(spool: &Spool, tries: HashMap<(TxnId, u16), u32>) -> Self {
-        Recorder {
-            spool: spool.clone(),
-            tries,
-            writes: Vec::new(),
-            joined: 0,
-        }
-    }
-
-    /// Starts writing `results` (one message's, or a batch that shares an outcome).
-    fn record(&mut self, results: Vec<RcptResult>) {
-        if results.is_empty() {
-            return;
-        }
-        let updates: Vec<Update> = results.iter().map(|r| self.update(r)).collect();
-        let spool = self.spool.clone();
-        // A task of its own, so the write goes ahead while the connection is busy.
-        let write = tokio::spawn(async move { spool.update_soon(updates).await });
-        self.writes
-            .push((results, std::time::Instant::now(), Write::Running(write)));
-    }
-
-    /// Waits, oldest first, while [`MAX_UNRECORDED`] or more writes are unfinished and the
-    /// oldest has been running for [`MAX_LAG`]: called before the next message goes out.
-    async fn keep_up(&mut self) {
-        loop {
-            let unfinished = self.writes.len() - self.joined;
-            let Some((_, started, write)) = self.writes.get_mut(self.joined) else {
-                return;
-            };
-            if let Write::Running(h) = write {
-                if !h.is_finished() && (unfinished < MAX_UNRECORDED || started.elapsed() < MAX_LAG)
-                {
-                    return;
-                }
-                // Finished, or the one to wait for: join it, at once or when it is done.
-                *write = Write::Done(Write::joined(h.await));
-            }
-            self.joined += 1;
-        }
-    }
-
-    fn update(&self, r: &RcptResult) -> Update {
-        let (relay, handoff) = r.outcome.relay_and_handoff();
-        let (state, last_error) = match &r.outcome {
-            RcptOutcome::Delivered { .. } => (RcptState::Delivered, None),
-            RcptOutcome::Deferred { reply, .. } => (RcptState::Deferred, Some(reply.clone())),
-            RcptOutcome::Failed { reply, .. } => (RcptState::Failed, Some(reply.clone())),
-        };
-        Update::Rcpt {
-            id: r.id,
-            index: r.index,
-            state,
-            tries: self.tries.get(&(r.id, r.index)).copied().unwrap_or(0) + 1,
-            last_error,
-            next_attempt: 0,
-            relay,
-            handoff,
-        }
-    }
-
-    /// Waits for every write: the results now durable, and those that could not be
-    /// recorded with the reason.
-    async fn finish(self) -> (Vec<RcptResult>, Vec<(RcptResult, String)>) {
-        let mut durable = Vec::new();
-        let mut unrecorded = Vec::new();
-        for (results, _, write) in self.writes {
-            match write.outcome().await {
-                Ok(()) => durable.extend(results),
-                Err(err) => unrecorded.extend(results.into_iter().map(|r| (r, err.clone()))),
-            }
-        }
-        (durable, unrecorded)
     }
 }
 

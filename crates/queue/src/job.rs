@@ -6,6 +6,7 @@ use std::future::Future;
 
 use spool::{BodyType, DsnRet, Handoff, MessageRef, Notify, TxnId};
 
+use crate::record::{Recorded, Recorder};
 use crate::schedule::DomainId;
 
 /// Runs one attempt to its end. Implemented by the SMTP/LMTP client; tests may implement
@@ -19,6 +20,8 @@ pub struct Attempt {
     pub domain: DomainId,
     pub domain_name: String,
     pub messages: Vec<JobMessage>,
+    /// Where delivery hands each message's results as they come in.
+    pub recorder: Recorder,
 }
 
 pub struct JobMessage {
@@ -48,8 +51,8 @@ pub struct JobRecipient {
 pub struct AttemptReport {
     pub domain: DomainId,
     pub domain_name: String,
-    /// Results durable in the spool: the manager may act on them.
-    pub results: Vec<RcptResult>,
+    /// Results durable in the spool, with the updates written: the manager applies them.
+    pub results: Vec<Recorded>,
     /// Results the spool could not record. They are not final: the recipients keep their
     /// previous state and are tried again (a delivery may then be repeated, never lost).
     pub unrecorded: Vec<RcptResult>,

@@ -10,9 +10,11 @@ pub mod counters;
 pub mod dsn;
 pub mod job;
 pub mod manager;
+pub mod record;
 pub mod schedule;
 
 pub use counters::Counters;
 pub use job::{Attempt, AttemptReport, Deliver, JobMessage, JobRecipient, RcptOutcome, RcptResult};
 pub use manager::{Manager, QueueHandle, Settings};
+pub use record::{Recorded, Recorder};
 pub use schedule::DomainId;

@@ -4,17 +4,25 @@
 //! record are not acted on), and the control socket asks it questions; all through one typed
 //! channel, answered over oneshots.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use spool::{Envelope, MessageRef, RcptState, Spool, TxnId, Update};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::schedule::{AttemptOutcome, DomainId, Scheduler, rcpt_domain};
-use crate::api::{MessageInfo, Request, Response};
-use crate::job::{Attempt, AttemptReport, Deliver, JobMessage, JobRecipient, RcptOutcome};
+use crate::api::{Request, Response};
+use crate::job::{Attempt, AttemptReport, Deliver, JobMessage, JobRecipient};
+
+/// A DSN that could not be committed (a full disk, say) is tried again after this.
+const DSN_RETRY: Duration = Duration::from_secs(60);
+
+mod admin;
 
 /// One undelivered (message, recipient) pair, as it sits in a domain's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,9 +59,14 @@ pub enum QueueMsg {
         rcpts: Vec<u16>,
         result: Result<(Envelope, MessageRef), String>,
     },
-    /// Look at a message again (a failed DSN retried later).
-    Settle(TxnId),
     Control(Request, oneshot::Sender<Response>),
+    /// An administrator's change was written (or not); apply it and answer.
+    Written {
+        id: TxnId,
+        update: Update,
+        result: Result<(), String>,
+        reply: oneshot::Sender<Response>,
+    },
 }
 
 /// A cheap handle for talking to the queue manager.
@@ -99,8 +112,11 @@ pub struct Manager<D> {
     settings: Settings,
     rx: mpsc::Receiver<QueueMsg>,
     tx: mpsc::Sender<QueueMsg>,
-    /// Spool writes started in the background, waited for before the manager returns.
-    background: tokio_util::task::TaskTracker,
+    /// Every task the manager starts (attempts, DSNs, spool writes), waited for before it
+    /// returns: nothing it started outlives it.
+    tasks: tokio_util::task::TaskTracker,
+    /// Messages whose DSN could not be made, and when to try again.
+    dsn_retries: BinaryHeap<Reverse<(Instant, TxnId)>>,
     /// The spool's requests to rewrite messages that pin old segments.
     relocations: Option<mpsc::UnboundedReceiver<Vec<TxnId>>>,
     /// Messages in each running attempt.
@@ -144,7 +160,8 @@ impl<D: Deliver> Manager<D> {
             settings,
             rx,
             tx: tx.clone(),
-            background: tokio_util::task::TaskTracker::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            dsn_retries: BinaryHeap::new(),
             relocations: None,
             in_attempt: HashMap::new(),
             dsns: 0,
@@ -222,7 +239,7 @@ impl<D: Deliver> Manager<D> {
             let (env, mref) = (m.env.clone(), m.mref.clone());
             let host = self.settings.hostname.clone();
             let policy = self.settings.dsn.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let result = super::bounce::send(&spool, &host, &policy, &env, &mref, &rcpts)
                     .await
                     .map_err(|e| e.to_string());
@@ -263,7 +280,7 @@ impl<D: Deliver> Manager<D> {
         // Losing these in a crash only repeats work (a removal, a schedule position);
         // recipient results and DSNs are durable before they get here.
         let spool = self.spool.clone();
-        self.background.spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(e) = spool.update(updates).await {
                 tracing::warn!("could not record queue state: {e}");
             }
@@ -283,11 +300,8 @@ impl<D: Deliver> Manager<D> {
         m.dsn_in_flight = false;
         match result {
             Ok((benv, bref)) => {
-                for &i in &rcpts {
-                    if let Some(r) = m.env.recipients.get_mut(usize::from(i)) {
-                        r.mark_reported();
-                    }
-                }
+                // What `bounce::send` wrote after the DSN was durable.
+                m.env.apply(&Update::DsnSent { id, rcpts });
                 tracing::info!(queue_id = %id, dsn = %benv.id, to = %benv.recipients[0].address, "sender notified");
                 self.settings
                     .counters
@@ -301,11 +315,8 @@ impl<D: Deliver> Manager<D> {
             }
             Err(e) => {
                 tracing::warn!(queue_id = %id, "could not queue a DSN: {e}; retrying in a minute");
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    let _ = tx.send(QueueMsg::Settle(id)).await;
-                });
+                self.dsn_retries
+                    .push(Reverse((Instant::now() + DSN_RETRY, id)));
             }
         }
     }
@@ -328,8 +339,8 @@ impl<D: Deliver> Manager<D> {
                 None => break,
             }
         }
-        self.background.close();
-        self.background.wait().await;
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Runs until `shutdown`; from then on it starts no attempt, and returns once the
@@ -352,14 +363,18 @@ impl<D: Deliver> Manager<D> {
             if self.draining && self.sched.in_flight() == 0 && self.dsns == 0 {
                 break;
             }
+            self.retry_due_dsns(Instant::now());
             self.start_attempts();
             if let Some(started) = tick.take() {
                 self.settings.counters.tick(started.elapsed());
             }
-            let wake = self.sched.next_wakeup();
+            let wake = match (self.sched.next_wakeup(), self.dsn_retries.peek()) {
+                (Some(a), Some(Reverse((b, _)))) => Some(a.min(*b)),
+                (a, b) => a.or(b.map(|Reverse((t, _))| *t)),
+            };
             let sleep = async {
                 match wake {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
@@ -385,8 +400,21 @@ impl<D: Deliver> Manager<D> {
                 _ = shutdown.cancelled(), if !self.draining => {}
             }
         }
-        self.background.close();
-        self.background.wait().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// DSNs whose retry time has come are tried again.
+    fn retry_due_dsns(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        while let Some(Reverse((at, id))) = self.dsn_retries.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.dsn_retries.pop();
+            done.extend(self.settle(id));
+        }
+        self.record_in_background(done);
     }
 
     fn start_attempts(&mut self) {
@@ -409,7 +437,7 @@ impl<D: Deliver> Manager<D> {
             self.in_attempt.insert(domain, ids);
             let deliverer = self.deliverer.clone();
             let tx = self.tx.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let report = deliverer.run(attempt).await;
                 let _ = tx.send(QueueMsg::AttemptDone(report)).await;
             });
@@ -430,7 +458,7 @@ impl<D: Deliver> Manager<D> {
                 .push(p.rcpt);
         }
         let max_age = self.settings.max_queue_time.as_secs();
-        let messages = order
+        let messages: Vec<JobMessage> = order
             .into_iter()
             .filter_map(|id| {
                 let m = self.messages.get(&id)?;
@@ -462,10 +490,15 @@ impl<D: Deliver> Manager<D> {
                 })
             })
             .collect();
+        let tries = messages
+            .iter()
+            .flat_map(|m: &JobMessage| m.recipients.iter().map(move |r| ((m.id, r.index), r.tries)))
+            .collect();
         Attempt {
             domain,
             domain_name: self.sched.name(domain).to_owned(),
             messages,
+            recorder: crate::record::Recorder::new(&self.spool, tries),
         }
     }
 
@@ -476,15 +509,13 @@ impl<D: Deliver> Manager<D> {
             }
             QueueMsg::AttemptDone(report) => self.attempt_done(report).await,
             QueueMsg::DsnDone { id, rcpts, result } => self.dsn_done(id, rcpts, result),
-            QueueMsg::Settle(id) => {
-                if let Some(u) = self.settle(id) {
-                    self.record_in_background(vec![u]);
-                }
-            }
-            QueueMsg::Control(req, reply) => {
-                let resp = self.control(req).await;
-                let _ = reply.send(resp);
-            }
+            QueueMsg::Control(req, reply) => self.write_then_apply(req, reply),
+            QueueMsg::Written {
+                id,
+                update,
+                result,
+                reply,
+            } => self.written(id, update, result, reply),
         }
     }
 
@@ -497,32 +528,30 @@ impl<D: Deliver> Manager<D> {
         let now = Instant::now();
         let mut retry = Vec::new();
         let mut touched = Vec::new();
-        for r in &report.results {
+        for rec in &report.results {
+            let r = &rec.result;
             let Some(m) = self.messages.get_mut(&r.id) else {
                 continue;
             };
-            let Some(rc) = m.env.recipients.get_mut(r.index as usize) else {
+            let Some(was_final) = m
+                .env
+                .recipients
+                .get(usize::from(r.index))
+                .map(|rc| rc.state.is_final())
+            else {
                 continue;
             };
-            rc.tries += 1;
-            (rc.relay, rc.handoff) = r.outcome.relay_and_handoff();
-            match &r.outcome {
-                RcptOutcome::Delivered { .. } => rc.state = RcptState::Delivered,
-                RcptOutcome::Failed { reply, .. } => {
-                    rc.state = RcptState::Failed;
-                    rc.last_error = Some(reply.clone());
-                }
-                RcptOutcome::Deferred { reply, .. } => {
-                    rc.state = RcptState::Deferred;
-                    rc.last_error = Some(reply.clone());
-                    retry.push(Pair {
-                        id: r.id,
-                        rcpt: r.index,
-                    });
-                }
-            }
-            if rc.state.is_final() {
+            // The update the spool wrote, applied as recovery would apply it.
+            m.env.apply(&rec.update);
+            let rc = &m.env.recipients[usize::from(r.index)];
+            if !was_final && rc.state.is_final() {
                 m.open = m.open.saturating_sub(1);
+            }
+            if rc.state == RcptState::Deferred {
+                retry.push(Pair {
+                    id: r.id,
+                    rcpt: r.index,
+                });
             }
             if rc.state == RcptState::Failed && m.env.kind == spool::MessageKind::DoubleBounce {
                 tracing::warn!(queue_id = %r.id, to = %rc.address, "double bounce undeliverable; dropped");
@@ -569,152 +598,6 @@ impl<D: Deliver> Manager<D> {
             }));
         }
         self.record_in_background(updates);
-    }
-
-    /// The message's header section, read from the spool (bounded: headers are small).
-    fn headers(&self, m: &Msg) -> String {
-        use std::io::Read;
-        let mut buf = Vec::new();
-        match self.spool.open_content(&m.mref) {
-            Ok(r) => {
-                let _ = r.take(64 * 1024).read_to_end(&mut buf);
-            }
-            Err(e) => return format!("(cannot read the content: {e})"),
-        }
-        let n = message::header_section(&buf).len();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    fn info(&self, m: &Msg) -> MessageInfo {
-        MessageInfo::of(&m.env, m.size)
-    }
-
-    async fn control(&mut self, req: Request) -> Response {
-        match req {
-            Request::List => {
-                let mut list: Vec<MessageInfo> =
-                    self.messages.values().map(|m| self.info(m)).collect();
-                list.sort_by(|a, b| a.id.cmp(&b.id));
-                Response::List(list)
-            }
-            Request::Show { id } => match self.find(&id) {
-                Some(m) => {
-                    let mut info = self.info(m);
-                    info.headers = Some(self.headers(m));
-                    Response::Message(info)
-                }
-                None => Response::error(format!("no message {id} in the queue")),
-            },
-            Request::Shape { top } => Response::Shape(crate::api::shape(
-                self.messages.values().map(|m| &m.env),
-                top,
-            )),
-            Request::Stats => Response::Stats(self.stats()),
-            Request::Flush { domain } => {
-                let now = Instant::now();
-                let ids: Vec<DomainId> = match &domain {
-                    Some(d) => self.sched.id(&d.to_ascii_lowercase()).into_iter().collect(),
-                    None => self.sched.domains().map(|(id, ..)| id).collect(),
-                };
-                if domain.is_some() && ids.is_empty() {
-                    return Response::error(format!(
-                        "no mail queued for {}",
-                        domain.unwrap_or_default()
-                    ));
-                }
-                for id in &ids {
-                    self.sched.flush(*id, now);
-                }
-                Response::Done(format!("flushing {} domain(s)", ids.len()))
-            }
-            Request::Hold { id } => self.set_held(&id, true).await,
-            Request::Release { id } => self.set_held(&id, false).await,
-            Request::Delete { id } => {
-                let Some(tid) = self.find(&id).map(|m| m.env.id) else {
-                    return Response::error(format!("no message {id} in the queue"));
-                };
-                if let Err(e) = self.spool.update(vec![Update::Delete { id: tid }]).await {
-                    return Response::error(format!("spool: {e}"));
-                }
-                self.sched.remove_where(|p| p.id == tid);
-                self.messages.remove(&tid);
-                tracing::info!(queue_id = %tid, "deleted by the administrator");
-                Response::Done(format!("{tid} deleted"))
-            }
-        }
-    }
-
-    fn find(&self, id: &str) -> Option<&Msg> {
-        let tid: TxnId = id.parse().ok()?;
-        self.messages.get(&tid)
-    }
-
-    async fn set_held(&mut self, id: &str, held: bool) -> Response {
-        let Some(tid) = self.find(id).map(|m| m.env.id) else {
-            return Response::error(format!("no message {id} in the queue"));
-        };
-        let upd = if held {
-            Update::Hold { id: tid }
-        } else {
-            Update::Release { id: tid }
-        };
-        if let Err(e) = self.spool.update(vec![upd]).await {
-            return Response::error(format!("spool: {e}"));
-        }
-        let Some(m) = self.messages.get_mut(&tid) else {
-            return Response::error(format!("no message {id} in the queue"));
-        };
-        if m.env.held == held {
-            return Response::Done(format!("{tid} unchanged"));
-        }
-        m.env.held = held;
-        if held {
-            self.sched.remove_where(|p| p.id == tid);
-        } else {
-            let now = Instant::now();
-            let pairs: Vec<(String, Pair)> = m
-                .env
-                .recipients
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !matches!(r.state, RcptState::Delivered | RcptState::Failed))
-                .filter_map(|(i, r)| {
-                    let rcpt = u16::try_from(i).ok()?;
-                    Some((rcpt_domain(&r.address), Pair { id: tid, rcpt }))
-                })
-                .collect();
-            for (d, p) in pairs {
-                self.sched.add_new(&d, p, now);
-            }
-        }
-        tracing::info!(queue_id = %tid, held, "hold state changed by the administrator");
-        Response::Done(format!("{tid} {}", if held { "held" } else { "released" }))
-    }
-
-    /// Domains by pending recipients across age buckets (minutes), like Postfix's qshape.
-    /// Gauges for the metrics endpoint; O(queue), asked once per scrape.
-    fn stats(&self) -> crate::api::QueueStats {
-        let mut s = crate::api::QueueStats {
-            messages: self.messages.len() as u64,
-            attempts_in_flight: self.sched.in_flight() as u64,
-            ..Default::default()
-        };
-        for m in self.messages.values() {
-            s.held_messages += u64::from(m.env.held);
-            for r in &m.env.recipients {
-                s.recipients_open += u64::from(!r.state.is_final());
-                s.deferred_recipients += u64::from(r.state == RcptState::Deferred);
-            }
-        }
-        for (_, _, _, level) in self.sched.domains() {
-            s.domains += 1;
-            let l = level as usize;
-            if s.backoff_levels.len() <= l {
-                s.backoff_levels.resize(l + 1, 0);
-            }
-            s.backoff_levels[l] += 1;
-        }
-        s
     }
 }
 

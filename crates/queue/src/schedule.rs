@@ -26,7 +26,11 @@ pub fn rcpt_domain(address: &str) -> String {
         None => String::new(),
     }
 }
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The runtime's clock, so the manager can be tested with paused time; without a paused
+// runtime it is the monotonic clock.
+use tokio::time::Instant;
 
 /// Index of a domain in the scheduler's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

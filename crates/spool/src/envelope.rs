@@ -151,6 +151,52 @@ impl Envelope {
         }
     }
 
+    /// The one transition of a message's state. Recovery, the spool writer and the queue
+    /// manager all change an envelope only through here, with the same [`Update`] that is
+    /// (or was) written to the log, so what the manager holds in memory is what a restart
+    /// would read back. Updates about the queue rather than the message (`Done`, `Delete`,
+    /// `Schedule`) leave the envelope as it is.
+    pub fn apply(&mut self, u: &Update) {
+        match u {
+            Update::Rcpt {
+                index,
+                state,
+                tries,
+                last_error,
+                next_attempt,
+                relay,
+                handoff,
+                ..
+            } => {
+                let Some(r) = self.recipients.get_mut(usize::from(*index)) else {
+                    return;
+                };
+                // A final state is never undone by a late or duplicated report.
+                if !r.state.is_final() || *state == r.state {
+                    r.state = *state;
+                    r.tries = (*tries).max(r.tries);
+                    r.last_error.clone_from(last_error);
+                    r.next_attempt = *next_attempt;
+                    r.relay.clone_from(relay);
+                    r.handoff = *handoff;
+                } else if *state == RcptState::Deferred {
+                    r.tries = (*tries).max(r.tries);
+                }
+            }
+            Update::DsnSent { rcpts, .. } => {
+                for &i in rcpts {
+                    if let Some(r) = self.recipients.get_mut(usize::from(i)) {
+                        r.mark_reported();
+                    }
+                }
+            }
+            Update::Hold { .. } => self.held = true,
+            Update::Release { .. } => self.held = false,
+            Update::Rewrite(env) => *self = env.clone(),
+            Update::Done { .. } | Update::Delete { .. } | Update::Schedule(_) => {}
+        }
+    }
+
     /// Recipients not yet delivered or failed.
     pub fn open_recipients(&self) -> usize {
         self.recipients

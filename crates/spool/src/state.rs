@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::TxnId;
-use crate::envelope::{DomainSchedule, Envelope, RcptState, Update};
+use crate::envelope::{DomainSchedule, Envelope, Update};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loc {
@@ -68,68 +68,25 @@ impl State {
         Some(Removed { id, loc: old.loc })
     }
 
-    /// Applies one update written in segment `seg`.
+    /// Applies one update written in segment `seg`: to the message through
+    /// [`Envelope::apply`] (the transition the queue manager uses too), and to the log's own
+    /// bookkeeping (removals, schedules).
     pub fn apply(&mut self, u: &Update, seg: u64) -> Option<Removed> {
         match u {
-            Update::Rcpt {
-                id,
-                index,
-                state,
-                tries,
-                last_error,
-                next_attempt,
-                relay,
-                handoff,
-            } => {
-                let r = self
-                    .live
-                    .get_mut(id)?
-                    .env
-                    .recipients
-                    .get_mut(usize::from(*index))?;
-                // A final state is never undone by a late or duplicated report.
-                if !r.state.is_final() || *state == r.state {
-                    r.state = *state;
-                    r.tries = (*tries).max(r.tries);
-                    r.last_error.clone_from(last_error);
-                    r.next_attempt = *next_attempt;
-                    r.relay.clone_from(relay);
-                    r.handoff = *handoff;
-                } else if *state == RcptState::Deferred {
-                    r.tries = (*tries).max(r.tries);
-                }
-                None
-            }
             Update::Done { id } | Update::Delete { id } => self.remove(*id),
-            Update::DsnSent { id, rcpts } => {
-                if let Some(l) = self.live.get_mut(id) {
-                    for &i in rcpts {
-                        if let Some(r) = l.env.recipients.get_mut(usize::from(i)) {
-                            r.mark_reported();
-                        }
-                    }
-                }
-                None
-            }
-            Update::Hold { id } => {
-                if let Some(l) = self.live.get_mut(id) {
-                    l.env.held = true;
-                }
-                None
-            }
-            Update::Release { id } => {
-                if let Some(l) = self.live.get_mut(id) {
-                    l.env.held = false;
-                }
-                None
-            }
             Update::Schedule(s) => {
                 self.schedules.insert(s.domain.clone(), (s.clone(), seg));
                 None
             }
             Update::Rewrite(env) => {
                 if let Some(l) = self.live.get_mut(&env.id) {
-                    l.env = env.clone();
+                    l.env.apply(u);
+                }
+                None
+            }
+            _ => {
+                if let Some(l) = u.id().and_then(|id| self.live.get_mut(&id)) {
+                    l.env.apply(u);
                 }
                 None
             }

@@ -1,0 +1,387 @@
+//! The queue manager driven with a scripted delivery agent and a real spool, on paused
+//! time: retry schedules, the immediate probe on new mail, recipient results applied as
+//! written, administrator changes, and shutdown waiting for running attempts. Paused time
+//! makes "after one minute" exact and instant; one test runs on real time as well.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use queue::api::{Request, Response};
+use queue::{
+    Attempt, AttemptReport, Deliver, Manager, QueueHandle, RcptOutcome, RcptResult, Settings,
+};
+use spool::{Envelope, Recipient, Spool, SpoolConfig};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What an attempt saw: the domain, the recipients it carried, and when it ran.
+#[derive(Debug, Clone)]
+struct Seen {
+    domain: String,
+    rcpts: Vec<String>,
+    at: Instant,
+}
+
+/// A delivery agent that answers from a script, one outcome per attempt (the last one
+/// repeats), and records what it was given.
+struct Script {
+    outcomes: Mutex<VecDeque<&'static str>>,
+    seen: mpsc::UnboundedSender<Seen>,
+    /// Holds each attempt this long before answering (for the shutdown test).
+    hold: Duration,
+}
+
+impl Deliver for Script {
+    async fn run(&self, attempt: Attempt) -> AttemptReport {
+        let what = {
+            let mut o = self.outcomes.lock().unwrap();
+            if o.len() > 1 {
+                o.pop_front()
+            } else {
+                o.front().copied()
+            }
+        }
+        .unwrap_or("250");
+        let _ = self.seen.send(Seen {
+            domain: attempt.domain_name.clone(),
+            rcpts: attempt
+                .messages
+                .iter()
+                .flat_map(|m| m.recipients.iter().map(|r| r.address.clone()))
+                .collect(),
+            at: Instant::now(),
+        });
+        tokio::time::sleep(self.hold).await;
+        let outcome = match what {
+            "250" => RcptOutcome::Delivered {
+                relay: "sink".into(),
+                reply: "250 2.0.0 ok".into(),
+                handoff: spool::Handoff::Unknown,
+            },
+            "450" => RcptOutcome::Deferred {
+                relay: Some("sink".into()),
+                reply: "450 4.2.0 try later".into(),
+            },
+            _ => RcptOutcome::Failed {
+                relay: Some("sink".into()),
+                reply: "550 5.1.1 no such user".into(),
+            },
+        };
+        let mut rec = attempt.recorder;
+        for m in &attempt.messages {
+            rec.record(
+                m.recipients
+                    .iter()
+                    .map(|r| RcptResult {
+                        id: m.id,
+                        index: r.index,
+                        outcome: outcome.clone(),
+                    })
+                    .collect(),
+            );
+        }
+        let (results, unrecorded) = rec.finish().await;
+        AttemptReport {
+            domain: attempt.domain,
+            domain_name: attempt.domain_name,
+            results,
+            unrecorded: unrecorded.into_iter().map(|(r, _)| r).collect(),
+        }
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    spool: Spool,
+    queue: QueueHandle,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    shutdown: CancellationToken,
+    manager: tokio::task::JoinHandle<()>,
+}
+
+fn world(outcomes: &[&'static str], hold: Duration) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = spool::open(SpoolConfig::new(dir.path())).unwrap();
+    let (tx, seen) = mpsc::unbounded_channel();
+    let script = Arc::new(Script {
+        outcomes: Mutex::new(outcomes.iter().copied().collect()),
+        seen: tx,
+        hold,
+    });
+    let (manager, queue) = Manager::new(
+        spool.clone(),
+        script,
+        Settings {
+            backoff: vec![Duration::from_secs(60), Duration::from_secs(300)],
+            concurrency: 10,
+            messages_per_connection: 100,
+            max_queue_time: Duration::from_secs(5 * 86_400),
+            delivery_enabled: true,
+            hostname: "mx.test".into(),
+            counters: Default::default(),
+            dsn: queue::bounce::Policy {
+                delay_warning: None,
+                postmaster: "postmaster@mx.test".into(),
+            },
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let manager = tokio::spawn(manager.run(shutdown.clone()));
+    World {
+        _dir: dir,
+        spool,
+        queue,
+        seen,
+        shutdown,
+        manager,
+    }
+}
+
+impl World {
+    /// Commits a message as a session would and tells the manager.
+    async fn submit(&self, rcpts: &[&str]) -> spool::TxnId {
+        let id = self.spool.ids().next();
+        let env = Envelope {
+            id,
+            arrival: spool::unix_now(),
+            sender: "s@src.test".into(),
+            envid: None,
+            ret: None,
+            body: spool::BodyType::SevenBit,
+            smtputf8: false,
+            client: "test".into(),
+            held: false,
+            kind: Default::default(),
+            recipients: rcpts
+                .iter()
+                .map(|a| Recipient {
+                    address: (*a).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let mut w = self.spool.content_writer(id);
+        w.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
+        let size = w.len();
+        let mref = self.spool.commit(&env, w).await.unwrap();
+        self.queue.arrived(env, mref, size).await;
+        id
+    }
+
+    /// The next attempt. The deadline is on the real clock: the spool writer is a thread
+    /// of its own, and while the runtime waits for it a paused clock would jump straight
+    /// to any virtual deadline.
+    async fn next(&mut self) -> Seen {
+        let (tx, deadline) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            let _ = tx.send(());
+        });
+        tokio::select! {
+            seen = self.seen.recv() => seen.expect("script alive"),
+            _ = deadline => panic!("no attempt within 60 s of real time"),
+        }
+    }
+
+    async fn show(&self, id: spool::TxnId) -> queue::api::MessageInfo {
+        match self
+            .queue
+            .control(Request::Show { id: id.to_string() })
+            .await
+        {
+            Response::Message(m) => m,
+            other => panic!("show {id}: {other:?}"),
+        }
+    }
+
+    /// Waits (on the real clock, see `next`) until the manager shows `id`'s first recipient
+    /// in `state`: the attempt before has ended and its results are applied.
+    async fn settled(&self, id: spool::TxnId, state: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.show(id).await.recipients[0].state != state {
+            assert!(std::time::Instant::now() < deadline, "{id} never {state}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.manager.await.unwrap();
+        self.spool.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_recipient_is_tried_again_after_its_backoff_and_not_before() {
+    let mut w = world(&["450", "450", "250"], Duration::ZERO);
+    let id = w.submit(&["a@dst.test"]).await;
+    let first = w.next().await;
+    assert_eq!(first.domain, "dst.test");
+    let second = w.next().await;
+    let waited = second.at - first.at;
+    assert!(
+        waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
+        "first retry after backoff[0] = 60 s, waited {waited:?}"
+    );
+    let third = w.next().await;
+    let waited = third.at - second.at;
+    assert!(
+        waited >= Duration::from_secs(300) && waited < Duration::from_secs(301),
+        "second retry after backoff[1] = 300 s, waited {waited:?}"
+    );
+    // Delivered at the third try: the message leaves the queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match w.queue.control(Request::Show { id: id.to_string() }).await {
+            Response::Error { .. } => break,
+            _ if Instant::now() > deadline => panic!("message {id} still queued"),
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_mail_probes_a_backing_off_domain_at_once_and_a_failed_probe_keeps_the_schedule() {
+    let mut w = world(&["450"], Duration::ZERO);
+    let id = w.submit(&["a@dst.test"]).await;
+    let first = w.next().await;
+    w.settled(id, "deferred").await;
+    // Half way through the backoff, new mail for the same domain: probed at once. A task
+    // that keeps the runtime busy stops the paused clock from jumping to the retry timer
+    // while the commit waits for the spool's thread: time moves only by `advance`.
+    let busy = tokio::spawn(async {
+        loop {
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::time::advance(Duration::from_secs(30)).await;
+    w.submit(&["b@dst.test"]).await;
+    let probe = w.next().await;
+    busy.abort();
+    assert!(
+        probe.at - first.at < Duration::from_secs(31),
+        "probe at once"
+    );
+    assert_eq!(
+        probe.rcpts[0], "b@dst.test",
+        "the probe carries the new mail first"
+    );
+    // The failed probe did not push the retry out: the next attempt is still at 60 s.
+    let retry = w.next().await;
+    let at = retry.at - first.at;
+    assert!(
+        at >= Duration::from_secs(60) && at < Duration::from_secs(61),
+        "retry stays at the domain's schedule: {at:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_are_applied_as_written_and_a_final_state_stays_final() {
+    let mut w = world(&["550"], Duration::ZERO);
+    let id = w.submit(&["x@dst.test", "y@other.test"]).await;
+    w.next().await;
+    w.next().await;
+    // Both recipients failed: a DSN goes to the sender, and the original leaves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Response::Error { .. } = w.queue.control(Request::Show { id: id.to_string() }).await
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "failed message still queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The DSN is a message of its own, attempted to the sender's domain.
+    let dsn = w.next().await;
+    assert_eq!(dsn.domain, "src.test");
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_mail_is_not_attempted_until_released() {
+    let mut w = world(&["450", "250"], Duration::ZERO);
+    let id = w.submit(&["a@dst.test"]).await;
+    let first = w.next().await;
+    match w.queue.control(Request::Hold { id: id.to_string() }).await {
+        Response::Done(t) => assert!(t.ends_with("held"), "{t}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(w.show(id).await.held);
+    // Well past the backoff: nothing is attempted while held.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(w.seen.try_recv().is_err(), "held mail attempted");
+    match w
+        .queue
+        .control(Request::Release { id: id.to_string() })
+        .await
+    {
+        Response::Done(t) => assert!(t.ends_with("released"), "{t}"),
+        other => panic!("{other:?}"),
+    }
+    let second = w.next().await;
+    assert!(second.at - first.at >= Duration::from_secs(600));
+    match w.queue.control(Request::Delete { id: "S0".into() }).await {
+        Response::Error { .. } => {}
+        other => panic!("deleting nothing: {other:?}"),
+    }
+    w.stop().await;
+}
+
+/// The same scheduling on real time: the manager must not depend on a paused clock.
+#[tokio::test]
+async fn on_real_time_new_mail_is_attempted_at_once() {
+    let mut w = world(&["250"], Duration::ZERO);
+    let started = Instant::now();
+    w.submit(&["a@dst.test"]).await;
+    let seen = w.next().await;
+    assert!(seen.at - started < Duration::from_secs(5));
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_starts_no_attempt_and_waits_for_the_running_one() {
+    let mut w = world(&["250"], Duration::from_secs(30));
+    let id = w.submit(&["a@dst.test"]).await;
+    let running = w.next().await;
+    w.shutdown.cancel();
+    // New mail during the drain is kept, not attempted.
+    let late = w.submit(&["b@late.test"]).await;
+    w.manager.await.unwrap();
+    assert!(
+        Instant::now() - running.at >= Duration::from_secs(30),
+        "the manager waited for the running attempt"
+    );
+    assert!(
+        w.seen.try_recv().is_err(),
+        "no attempt started while draining"
+    );
+    w.spool.shutdown().await;
+    let World {
+        _dir: dir,
+        spool,
+        queue,
+        ..
+    } = w;
+    drop((spool, queue));
+    // What the attempt delivered is durable; the late message is still queued.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let rec = loop {
+        match spool::open(SpoolConfig::new(dir.path())) {
+            Ok((_, rec)) => break rec,
+            Err(spool::SpoolError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    let ids: Vec<_> = rec.messages.iter().map(|(e, _)| e.id).collect();
+    assert!(ids.contains(&late), "late mail kept");
+    assert!(
+        !ids.contains(&id),
+        "the running attempt's delivery was recorded before the end"
+    );
+}
