@@ -53,7 +53,7 @@ impl Client {
                 hostname: settings.hostname.clone(),
                 lmtp,
                 helo: settings.delivery.helo,
-                tls: settings.delivery.tls.clone(),
+                tls: settings.delivery.tls,
             },
         );
         let mut c = Client {

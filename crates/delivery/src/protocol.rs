@@ -453,7 +453,7 @@ impl ClientMachine {
 
     fn after_hello(&mut self) -> State {
         let lmtp = self.greeting.lmtp;
-        let policy = self.greeting.tls.clone();
+        let policy = self.greeting.tls;
         if self.tls {
             // Already upgraded.
         } else if policy != TlsPolicy::None && !lmtp && self.caps.starttls {

@@ -152,9 +152,8 @@ fn run(w: &mut Wire, msgs: &[(Envelope, &[u8])]) {
             Some(o) => panic!("unexpected {o:?}"),
             None => return,
         };
-        let mut chunks = content.chunks(8).peekable();
         let mut bdat_done = false;
-        while let Some(c) = chunks.next() {
+        for c in content.chunks(8) {
             framer.encode(c, &mut w.out);
             if framer.is_bdat() {
                 w.m.chunk_sent();
