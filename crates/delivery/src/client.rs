@@ -283,3 +283,76 @@ pub async fn connect_tcp(
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    fn settings() -> ClientSettings {
+        ClientSettings {
+            hostname: "me.test".into(),
+            delivery: config::Delivery::default(),
+            tls_config: crate::tls::client_config(),
+            verify_config: None,
+        }
+    }
+
+    /// A scripted server on the other end of a pipe: for each line the client writes, the
+    /// next reply; returns what the client wrote.
+    async fn server(io: tokio::io::DuplexStream, greeting: &str, replies: Vec<&str>) -> String {
+        let (r, mut w) = tokio::io::split(io);
+        let mut r = tokio::io::BufReader::new(r);
+        w.write_all(greeting.as_bytes()).await.unwrap();
+        let mut seen = String::new();
+        for reply in replies {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            w.write_all(reply.as_bytes()).await.unwrap();
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn the_driver_moves_the_machines_bytes() {
+        let (a, b) = tokio::io::duplex(4096);
+        let srv = tokio::spawn(server(
+            b,
+            "220 mx\r\n",
+            vec![
+                "250-mx\r\n250 PIPELINING\r\n",
+                "250 reset\r\n",
+                "221 bye\r\n",
+            ],
+        ));
+        let mut c = Client::start(Box::new(a), "mx".into(), false, settings(), "mx")
+            .await
+            .unwrap();
+        assert!(c.caps().pipelining && !c.is_lmtp());
+        c.rset().await.unwrap();
+        c.quit().await;
+        assert_eq!(srv.await.unwrap(), "EHLO me.test\r\nRSET\r\nQUIT\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_lost_and_a_refusal_is_refused() {
+        let (a, b) = tokio::io::duplex(4096);
+        drop(b);
+        let e = Client::start(Box::new(a), "mx".into(), false, settings(), "mx")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, SessionError::Lost(..)), "{e}");
+        let (a, b) = tokio::io::duplex(4096);
+        let srv = tokio::spawn(server(b, "220 mx\r\n", vec!["550 5.7.1 go away\r\n"]));
+        let e = Client::start(Box::new(a), "mx".into(), true, settings(), "mx")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.as_reply_text(), "mx said: 550 5.7.1 go away (550)");
+        assert_eq!(srv.await.unwrap(), "LHLO me.test\r\n");
+    }
+}
