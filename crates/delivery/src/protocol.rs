@@ -4,8 +4,8 @@
 //! decides: EHLO/LHLO and the HELO fallback, whether STARTTLS is asked for or required,
 //! what goes into one pipelined write, DATA or BDAT, which recipients were accepted, and how
 //! every reply maps to an outcome. The async driver (`client.rs`) only moves bytes, keeps
-//! the clocks and does the TLS handshake; `sendmail` drives the same machine with blocking
-//! I/O. Being pure, it is tested with in-memory transcripts (`tests/transcripts.rs`).
+//! the clocks and does the TLS handshake. Being pure, it is tested with in-memory
+//! transcripts (`tests/transcripts.rs`) and fed arbitrary bytes by a property test.
 
 use std::collections::VecDeque;
 
