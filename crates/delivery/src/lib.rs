@@ -12,6 +12,7 @@ use spool::TxnId;
 
 pub mod client;
 pub mod counters;
+pub mod protocol;
 pub mod tls;
 
 pub use counters::Counters;
