@@ -39,6 +39,25 @@ pub trait Arrivals: Send + Sync {
     ) -> impl Future<Output = ()> + Send;
 }
 
+/// What cleanup takes from the configuration, fixed per message: sessions keep the
+/// configuration they started with, local submission the one its policy was built from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Named in our `Received:` line.
+    pub hostname: String,
+    /// `smtp.max_hops`: this many `Received:` fields or more is a loop.
+    pub max_hops: usize,
+}
+
+impl Settings {
+    pub fn new(cfg: &Config) -> Self {
+        Settings {
+            hostname: cfg.hostname.clone(),
+            max_hops: cfg.smtp.max_hops,
+        }
+    }
+}
+
 /// How a message came in: what our `Received:` line and the logs say about it.
 #[derive(Debug, Clone)]
 pub enum Origin {
@@ -143,7 +162,7 @@ impl<A: Arrivals> Cleanup<A> {
     /// sends before it can answer.
     pub async fn open(
         &self,
-        cfg: &Config,
+        cfg: &Settings,
         origin: &Origin,
         id: TxnId,
         single_recipient: Option<&str>,
@@ -156,7 +175,11 @@ impl<A: Arrivals> Cleanup<A> {
 
     /// Takes one message through cleanup to the queue. `Ok` is the reply's outcome; the
     /// message is durable once `Accepted::Queued` is returned.
-    pub async fn commit(&self, cfg: &Config, msg: Incoming<'_>) -> Result<Accepted, CleanupError> {
+    pub async fn commit(
+        &self,
+        cfg: &Settings,
+        msg: Incoming<'_>,
+    ) -> Result<Accepted, CleanupError> {
         let Incoming {
             mut env,
             content,
@@ -166,7 +189,7 @@ impl<A: Arrivals> Cleanup<A> {
         } = msg;
         let mut content = match content {
             Content::Spooled { writer, hops } => {
-                check_hops(env.id, hops, cfg.smtp.max_hops)?;
+                check_hops(env.id, hops, cfg.max_hops)?;
                 writer
             }
             Content::Whole(bytes) => self.write_whole(cfg, &env, &origin, bytes).await?,
@@ -227,7 +250,7 @@ impl<A: Arrivals> Cleanup<A> {
     /// trace line and the message into the spool.
     async fn write_whole(
         &self,
-        cfg: &Config,
+        cfg: &Settings,
         env: &Envelope,
         origin: &Origin,
         bytes: &[u8],
@@ -248,7 +271,7 @@ impl<A: Arrivals> Cleanup<A> {
         }
         let mut scan = HeaderScan::new();
         scan.feed(bytes);
-        check_hops(env.id, scan.received, cfg.smtp.max_hops)?;
+        check_hops(env.id, scan.received, cfg.max_hops)?;
         let single = match env.recipients.as_slice() {
             [r] => Some(r.address.as_str()),
             _ => None,

@@ -31,13 +31,11 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn cfg() -> Config {
-    let mut c = Config {
+fn cfg() -> Settings {
+    Settings {
         hostname: "mx.example.org".into(),
-        ..Default::default()
-    };
-    c.smtp.max_hops = 3;
-    c
+        max_hops: 3,
+    }
 }
 
 fn smtp() -> Origin {

@@ -639,7 +639,12 @@ impl Session {
         let (w, r) = self
             .ctx
             .cleanup
-            .open(&self.cfg, &self.origin(), txn.id, single)
+            .open(
+                &cleanup::Settings::new(&self.cfg),
+                &self.origin(),
+                txn.id,
+                single,
+            )
             .await;
         (w, r.err())
     }
@@ -891,7 +896,12 @@ impl Session {
             changes,
             owners,
         };
-        match self.ctx.cleanup.commit(&self.cfg, msg).await {
+        match self
+            .ctx
+            .cleanup
+            .commit(&cleanup::Settings::new(&self.cfg), msg)
+            .await
+        {
             Ok(a) => a.reply(),
             Err(e) => e.reply(),
         }
