@@ -146,15 +146,13 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
             .map_err(anyhow::Error::msg)?,
     );
     let pickup = tokio::spawn(crate::pickup::run(
-        spool.clone(),
-        queue.clone(),
+        cleanup.clone(),
         local.clone(),
         shutdown.clone(),
     ));
     let submit = tokio::spawn(crate::submit::serve(
         crate::submit::socket_path(&cfg.spool),
-        spool.clone(),
-        queue.clone(),
+        cleanup,
         local,
         shutdown.clone(),
     ));
