@@ -2,19 +2,22 @@
 //! (`submit.rs`, used by `sendmail` while the daemon runs) or a file in `pickup/` (left by
 //! `sendmail` while it does not). Both paths know the submitting uid and pass the one policy
 //! here, which decides the envelope sender, the recipient, size and rate limits and the relay
-//! policy, then queue the message the same way.
+//! policy, then hand the message to cleanup, as every entry path does.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use cleanup::{CleanupError, Content, Incoming, Origin};
 use config::Config;
 use smtp_proto::{Domain, Mailbox};
 use spool::{Envelope, Recipient};
-use tracing::{info, warn};
 
 use queue::QueueHandle;
 use smtp_server::policy::{Decision, RcptDomain, RelayPolicy};
+
+/// The cleanup stage local submissions pass, as the daemon wires it.
+pub type Cleanup = cleanup::Cleanup<QueueHandle>;
 
 /// Room for the envelope lines in front of a message of the maximum size: a sender and
 /// `max_recipients` recipients of at most 256 octets (RFC 5321's path limit) and newlines.
@@ -64,6 +67,7 @@ pub struct Accepted {
 /// the daemon's own uid is the one it runs as).
 pub struct Policy {
     hostname: String,
+    cleanup: cleanup::Settings,
     trusted: HashSet<u32>,
     max_recipients: usize,
     max_message_size: u64,
@@ -103,6 +107,7 @@ impl Policy {
         let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
         Ok(Policy {
             hostname: cfg.hostname.clone(),
+            cleanup: cleanup::Settings::new(cfg),
             trusted,
             max_recipients: cfg.smtp.max_recipients,
             max_message_size: cfg.smtp.max_message_size,
@@ -242,59 +247,25 @@ impl Policy {
         })
     }
 
-    /// Queues an accepted submission: the `Received:` line, the content, one commit.
-    /// `via` names the path ("pickup", "sendmail") in the header and the logs.
+    /// Queues an accepted submission through cleanup, which applies the content policy
+    /// (`sendmail` has already turned LF line ends into CRLF; a bare CR, a NUL or an overlong
+    /// line remains refused, so neither pickup nor the socket can queue what SMTP would
+    /// refuse), writes the `Received:` line and commits. `via` names the path ("pickup",
+    /// "sendmail") in the header and the logs.
     pub async fn enqueue(
         &self,
-        spool: &spool::Spool,
-        queue: &QueueHandle,
+        cleanup: &Cleanup,
         uid: u32,
         via: &str,
         accepted: Accepted,
         msg: &[u8],
     ) -> Result<spool::TxnId, Refusal> {
-        // The content policy DATA and BDAT use, at the one place both local paths pass, so
-        // neither pickup nor the socket can queue what SMTP would refuse. `sendmail` has
-        // already turned LF line ends into CRLF; a bare CR, a NUL or an overlong line remains
-        // refused.
-        if let Err(v) = smtp_proto::check_content(msg, false) {
-            let (code, status) = match v {
-                smtp_proto::Violation::LineTooLong => (552, "5.6.0"),
-                _ => (550, "5.6.11"),
-            };
-            warn!(
-                uid,
-                via,
-                "local submission refused: message contains {}",
-                v.describe()
-            );
-            return Err(Refusal::new(
-                code,
-                status,
-                format!("Message contains {}", v.describe()),
-            ));
-        }
-        let temp = |e: spool::SpoolError| {
-            if e.is_no_space() {
-                Refusal::new(452, "4.3.1", "Insufficient system storage")
-            } else {
-                Refusal::new(451, "4.3.0", format!("queue write failed: {e}"))
-            }
-        };
-        let id = spool.ids().next();
-        let mut w = spool.content_writer(id);
-        let received = format!(
-            "Received: by {} (postrider {via}, from userid {uid})\r\n\tid {id}; {}\r\n",
-            self.hostname,
-            message::rfc5322_date(SystemTime::now())
-        );
-        w.write(received.as_bytes()).await.map_err(temp)?;
-        w.write(msg).await.map_err(temp)?;
-        let size = w.len();
         let env = Envelope {
-            id,
+            id: cleanup.spool().ids().next(),
             arrival: spool::unix_now(),
-            sender: accepted.sender.clone(),
+            smtputf8: !accepted.sender.is_ascii()
+                || accepted.recipients.iter().any(|r| !r.is_ascii()),
+            sender: accepted.sender,
             envid: None,
             ret: None,
             body: if msg.iter().any(|b| *b >= 0x80) {
@@ -302,24 +273,57 @@ impl Policy {
             } else {
                 spool::BodyType::SevenBit
             },
-            smtputf8: !accepted.sender.is_ascii()
-                || accepted.recipients.iter().any(|r| !r.is_ascii()),
             client: format!("{via} (uid {uid})"),
             held: false,
             kind: Default::default(),
             recipients: accepted
                 .recipients
-                .iter()
-                .map(|r| Recipient {
-                    address: r.clone(),
+                .into_iter()
+                .map(|address| Recipient {
+                    address,
                     ..Default::default()
                 })
                 .collect(),
         };
-        let mref = spool.commit(&env, w).await.map_err(temp)?;
-        info!(queue_id = %id, from = %accepted.sender, size, nrcpt = accepted.recipients.len(), uid, via, "received by local submission");
-        queue.arrived(env, mref, size).await;
-        Ok(id)
+        let id = env.id;
+        let incoming = Incoming {
+            env,
+            content: Content::Whole(msg),
+            origin: Origin::Local {
+                uid,
+                via: via.to_owned(),
+            },
+            changes: None,
+            owners: Vec::new(),
+        };
+        match cleanup.commit(&self.cleanup, incoming).await {
+            Ok(_) => Ok(id),
+            Err(e) => Err(refusal_of(&e)),
+        }
+    }
+}
+
+/// Local submission words some of cleanup's refusals its own way (`sendmail` prints them
+/// to a user, who gains nothing from the SMTP-smuggling label and may need the error).
+fn refusal_of(e: &CleanupError) -> Refusal {
+    match e {
+        CleanupError::Content(v) => {
+            let (code, status) = match v {
+                smtp_proto::Violation::LineTooLong => (552, "5.6.0"),
+                _ => (550, "5.6.11"),
+            };
+            Refusal::new(code, status, format!("Message contains {}", v.describe()))
+        }
+        CleanupError::Spool(e) if e.is_no_space() => {
+            let c = cleanup::error::NO_SPACE;
+            Refusal::new(c.code, c.status, c.text)
+        }
+        CleanupError::Spool(e) => Refusal::new(451, "4.3.0", format!("queue write failed: {e}")),
+        CleanupError::TooManyHops(_) => {
+            let c = cleanup::error::TOO_MANY_HOPS;
+            Refusal::new(c.code, c.status, c.text)
+        }
+        CleanupError::TooManyRecipients(_) => Refusal::new(552, "5.5.3", e.reply().text()),
     }
 }
 
@@ -496,6 +500,43 @@ mod tests {
             open.check(USER, Some("a"), "", &v(&["not an address"]), 1, now)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn cleanup_refusals_keep_the_local_wording() {
+        use smtp_proto::Violation;
+        let cases = [
+            (
+                CleanupError::Content(Violation::BareLf),
+                "550 5.6.11 Message contains bare <LF>",
+            ),
+            (
+                CleanupError::Content(Violation::Nul),
+                "550 5.6.11 Message contains NUL octet",
+            ),
+            (
+                CleanupError::Content(Violation::LineTooLong),
+                "552 5.6.0 Message contains line longer than 1000 octets",
+            ),
+            (
+                CleanupError::Spool(spool::SpoolError::Write {
+                    no_space: true,
+                    message: "full".into(),
+                }),
+                "452 4.3.1 Insufficient system storage",
+            ),
+            (
+                CleanupError::Spool(spool::SpoolError::Closed),
+                "451 4.3.0 queue write failed: the spool is shut down",
+            ),
+            (
+                CleanupError::TooManyHops(50),
+                "554 5.4.6 Too many hops: mail loop detected",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(refusal_of(&e).to_string(), want);
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The Prometheus text endpoint on `control.metrics`. Counters live with the component that
-//! counts (sessions, deliveries, the spool writer); queue gauges are asked of the queue
+//! counts (cleanup, deliveries, the spool writer); queue gauges are asked of the queue
 //! manager, their owner, at scrape time. The HTTP side is the minimum Prometheus needs:
 //! `GET /metrics` over HTTP/1.x, one response per connection.
 
@@ -19,7 +19,7 @@ use smtp_server::limits::ConnLimits;
 /// Every component's counters, each owned (written) by its component.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
-    pub server: Arc<smtp_server::Counters>,
+    pub cleanup: Arc<cleanup::Counters>,
     pub queue: Arc<queue::Counters>,
     pub delivery: Arc<delivery::Counters>,
 }
@@ -118,7 +118,7 @@ pub async fn render(s: &Sources) -> String {
         "counter",
         "postrider_messages_received_total",
         "Messages accepted (250 after DATA).",
-        c.server.received.load(Ordering::Relaxed),
+        c.cleanup.received.load(Ordering::Relaxed),
     );
     metric(
         &mut out,

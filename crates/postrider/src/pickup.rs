@@ -24,8 +24,8 @@ use nix::libc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::local::Cleanup;
 use crate::local::{Policies, Policy};
-use queue::QueueHandle;
 
 pub fn dir(spool: &Path) -> PathBuf {
     spool.join("pickup")
@@ -299,12 +299,7 @@ enum Outcome {
     Refused,
 }
 
-async fn take(
-    path: &Path,
-    spool: &spool::Spool,
-    queue: &QueueHandle,
-    policy: Arc<Policy>,
-) -> Outcome {
+async fn take(path: &Path, cleanup: &Cleanup, policy: Arc<Policy>) -> Outcome {
     let name = path.display().to_string();
     let (p, pol) = (path.to_path_buf(), policy.clone());
     let entry = match tokio::task::spawn_blocking(move || read_entry(&p, &pol)).await {
@@ -348,10 +343,7 @@ async fn take(
         Err(r) if r.is_temporary() => return Outcome::Waiting(r.to_string()),
         Err(r) => return refuse(&r.to_string()),
     };
-    match policy
-        .enqueue(spool, queue, uid, "pickup", accepted, msg)
-        .await
-    {
+    match policy.enqueue(cleanup, uid, "pickup", accepted, msg).await {
         Ok(id) => {
             debug!(queue_id = %id, "pickup {name}: taken");
             // A crash before this unlink delivers the message twice, never zero times.
@@ -364,13 +356,8 @@ async fn take(
 }
 
 /// Polls the pickup directory every second until shutdown.
-pub async fn run(
-    spool: spool::Spool,
-    queue: QueueHandle,
-    policies: Arc<Policies>,
-    shutdown: CancellationToken,
-) {
-    let d = match create_dir(spool.dir()) {
+pub async fn run(cleanup: Arc<Cleanup>, policies: Arc<Policies>, shutdown: CancellationToken) {
+    let d = match create_dir(cleanup.spool().dir()) {
         Ok(d) => d,
         Err(e) => {
             warn!("pickup directory: {e}; mail written there by sendmail will wait");
@@ -405,7 +392,7 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 return;
             }
-            match take(&p, &spool, &queue, policies.current()).await {
+            match take(&p, &cleanup, policies.current()).await {
                 Outcome::Waiting(why) => {
                     if waiting.insert(p.clone()) {
                         info!("pickup {}: waiting: {why}", p.display());

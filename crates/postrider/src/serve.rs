@@ -97,6 +97,11 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
 
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
+    let cleanup = Arc::new(cleanup::Cleanup::new(
+        spool.clone(),
+        queue.clone(),
+        counters.cleanup.clone(),
+    ));
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         current: std::sync::RwLock::new(cfg.clone()),
@@ -110,7 +115,7 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
             cfg.smtp.max_connections_per_client,
             cfg.smtp.connection_limit_exceptions(),
         ),
-        counters: counters.server.clone(),
+        cleanup: cleanup.clone(),
     });
     let metrics = match (cfg.control.metrics, metrics_listener) {
         (Some(addr), Some(listener)) => {
@@ -141,15 +146,13 @@ async fn serve(cfg: Arc<Config>, path: Option<std::path::PathBuf>) -> anyhow::Re
             .map_err(anyhow::Error::msg)?,
     );
     let pickup = tokio::spawn(crate::pickup::run(
-        spool.clone(),
-        queue.clone(),
+        cleanup.clone(),
         local.clone(),
         shutdown.clone(),
     ));
     let submit = tokio::spawn(crate::submit::serve(
         crate::submit::socket_path(&cfg.spool),
-        spool.clone(),
-        queue.clone(),
+        cleanup,
         local,
         shutdown.clone(),
     ));

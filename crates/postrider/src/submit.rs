@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::local::Cleanup;
 use crate::local::{Policies, Policy, Refusal};
-use queue::QueueHandle;
 
 /// Submissions read at once: each is held in memory up to the size limit.
 const CONCURRENT: usize = 8;
@@ -42,8 +42,7 @@ pub fn socket_path(spool: &Path) -> PathBuf {
 /// Serves the socket until shutdown; submissions being read or committed then get to finish.
 pub async fn serve(
     path: PathBuf,
-    spool: spool::Spool,
-    queue: QueueHandle,
+    cleanup: Arc<Cleanup>,
     policies: Arc<Policies>,
     shutdown: CancellationToken,
 ) {
@@ -94,19 +93,14 @@ pub async fn serve(
             });
             continue;
         };
-        let (spool, queue, policy, slots) = (
-            spool.clone(),
-            queue.clone(),
-            policies.current(),
-            slots.clone(),
-        );
+        let (cleanup, policy, slots) = (cleanup.clone(), policies.current(), slots.clone());
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _guard = guard;
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            handle(stream, uid, &spool, &queue, &policy, &shutdown).await;
+            handle(stream, uid, &cleanup, &policy, &shutdown).await;
         });
     }
     drop(listener);
@@ -157,12 +151,11 @@ impl Drop for OpenGuard {
 async fn handle(
     mut stream: UnixStream,
     uid: u32,
-    spool: &spool::Spool,
-    queue: &QueueHandle,
+    cleanup: &Cleanup,
     policy: &Arc<Policy>,
     shutdown: &CancellationToken,
 ) {
-    let reply = match receive(&mut stream, uid, spool, queue, policy, shutdown).await {
+    let reply = match receive(&mut stream, uid, cleanup, policy, shutdown).await {
         Ok(id) => format!("250 2.0.0 Ok: queued as {id}\r\n"),
         Err(r) => {
             info!(uid, "local submission refused: {r}");
@@ -176,8 +169,7 @@ async fn handle(
 async fn receive(
     stream: &mut UnixStream,
     uid: u32,
-    spool: &spool::Spool,
-    queue: &QueueHandle,
+    cleanup: &Cleanup,
     policy: &Arc<Policy>,
     shutdown: &CancellationToken,
 ) -> Result<spool::TxnId, Refusal> {
@@ -221,7 +213,7 @@ async fn receive(
         Instant::now(),
     )?;
     policy
-        .enqueue(spool, queue, uid, "sendmail", accepted, msg)
+        .enqueue(cleanup, uid, "sendmail", accepted, msg)
         .await
 }
 

@@ -5,6 +5,7 @@
 //! views it answers with are its API (`api`); what it counts is its own (`Counters`).
 
 pub mod api;
+mod arrivals;
 pub mod bounce;
 pub mod counters;
 pub mod dsn;

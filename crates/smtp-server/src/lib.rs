@@ -1,14 +1,11 @@
 //! The SMTP server: listeners, connection admission, and sessions. A session checks what it
-//! can itself (order, syntax, relay, size, loops) and hands a finished message to the spool;
-//! it answers `250` only once the spool says the message is durable.
+//! can itself (order, syntax, relay, size, content policy) and hands a finished message to
+//! cleanup; it answers `250` only once cleanup says the message is durable.
 
 pub mod conn;
-pub mod counters;
 pub mod limits;
 pub mod policy;
 pub mod session;
-
-pub use counters::Counters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +39,8 @@ pub struct Ctx {
     pub tls: Option<TlsAcceptor>,
     pub shutdown: CancellationToken,
     pub limits: ConnLimits,
-    pub counters: Arc<crate::Counters>,
+    /// Where every finished message goes: hop count, milter edits, list copies, commit.
+    pub cleanup: Arc<cleanup::Cleanup<QueueHandle>>,
 }
 
 impl Ctx {

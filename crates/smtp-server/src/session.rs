@@ -1,11 +1,13 @@
 //! One SMTP session: reads commands, enforces the RFC 5321 §4.1.4 order, asks the relay
-//! policy and the spool, and writes replies. Parsing lives in `smtp-proto`, relay decisions in
-//! `policy`, headers in the `message` crate; this module only sequences them over a connection.
+//! policy, streams content into the spool, runs the milters, and writes replies. Parsing
+//! lives in `smtp-proto`, relay decisions in `policy`; what happens to a finished message
+//! (hop count, milter edits, list copies, commit) is the `cleanup` crate's. This module only
+//! sequences them over a connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
+use cleanup::{Content, Incoming, Origin, SmtpTrace, spool_error_reply};
 use smtp_proto::{
     BodyType as WireBody, Command, CommandFramer, ContentScan, DataDecoder, Domain, ForwardPath,
     Frame, MailParams, RcptParams, Reply, ReversePath, Violation,
@@ -17,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::Ctx;
 use super::conn::{Conn, ReadError};
 use super::policy::{Decision, RcptDomain, RelayPolicy};
-use message::{HeaderScan, Trace};
+use message::HeaderScan;
 
 /// How a session's command loop ended.
 pub enum Next {
@@ -620,24 +622,31 @@ impl Session {
         }
     }
 
-    fn received_header(&self, txn: &Txn) -> String {
-        let protocol = match (self.esmtp, self.tls.is_some()) {
-            (true, true) => "ESMTPS",
-            (true, false) => "ESMTP",
-            (false, true) => "SMTPS",
-            (false, false) => "SMTP",
-        };
-        let id = txn.id.to_string();
-        message::received(&Trace {
-            helo: self.helo.as_deref().unwrap_or("unknown"),
+    /// How the client reached us, for the trace line cleanup writes.
+    fn origin(&self) -> Origin {
+        Origin::Smtp(SmtpTrace {
+            helo: self.helo.clone(),
             client_ip: self.peer.ip(),
-            hostname: &self.cfg.hostname,
-            protocol,
-            tls: self.tls.as_ref().map(|(v, c)| (v.as_str(), c.as_str())),
-            queue_id: &id,
-            single_recipient: (txn.rcpts.len() == 1).then(|| txn.rcpts[0].address.as_str()),
-            when: SystemTime::now(),
+            esmtp: self.esmtp,
+            tls: self.tls.clone(),
         })
+    }
+
+    /// The transaction's content, opened by cleanup with its trace line in front.
+    async fn open_content(&mut self) -> (ContentWriter, Option<spool::SpoolError>) {
+        let txn = self.txn.as_ref().expect("transaction");
+        let single = (txn.rcpts.len() == 1).then(|| txn.rcpts[0].address.as_str());
+        let (w, r) = self
+            .ctx
+            .cleanup
+            .open(
+                &cleanup::Settings::new(&self.cfg),
+                &self.origin(),
+                txn.id,
+                single,
+            )
+            .await;
+        (w, r.err())
     }
 
     async fn data<S: AsyncRead + AsyncWrite + Unpin>(
@@ -661,9 +670,7 @@ impl Session {
             return None;
         }
         let txn_id = txn.id;
-        let mut content = self.ctx.spool.content_writer(txn.id);
-        let received = self.received_header(txn);
-        let mut failed = content.write(received.as_bytes()).await.err();
+        let (mut content, mut failed) = self.open_content().await;
         self.push(conn, &reply(354, "", "End data with <CR><LF>.<CR><LF>"));
         let max = self.cfg.smtp.max_message_size;
         let mut decoder = DataDecoder::new(max);
@@ -725,9 +732,7 @@ impl Session {
         if ok.is_ok() && self.txn.as_ref().is_some_and(|t| t.chunked.is_none()) {
             let txn = self.txn.as_ref().expect("checked");
             let binary = txn.params.body == Some(WireBody::BinaryMime);
-            let mut content = self.ctx.spool.content_writer(txn.id);
-            let received = self.received_header(txn);
-            let err = content.write(received.as_bytes()).await.err();
+            let (content, err) = self.open_content().await;
             let txn = self.txn.as_mut().expect("checked");
             txn.chunked = Some(Chunked {
                 content,
@@ -815,12 +820,13 @@ impl Session {
         None
     }
 
-    /// Loop check, then the durable commit; the reply to the end of data.
+    /// The end of data: the loop check and a discard decided earlier, the milters' end of
+    /// message, then cleanup; the reply to the end of data.
     async fn finish(&mut self, content: ContentWriter, scan: HeaderScan) -> Reply {
         let txn = self.txn.as_ref().expect("transaction");
-        if scan.received >= self.cfg.smtp.max_hops {
-            warn!(queue_id = %txn.id, hops = scan.received, "mail loop: too many Received headers");
-            return reply(554, "5.4.6", "Too many hops: mail loop detected");
+        // Before the milters, so a looping message costs them nothing.
+        if let Err(e) = cleanup::check_hops(txn.id, scan.received, self.cfg.smtp.max_hops) {
+            return e.reply();
         }
         if txn.discarded {
             let id = txn.id;
@@ -828,7 +834,7 @@ impl Session {
             if let Some(m) = self.milters.as_mut() {
                 m.abort().await;
             }
-            return reply(250, "2.0.0", &format!("Ok: discarded as {id}"));
+            return cleanup::discarded_reply(id);
         }
         let env = Envelope {
             id: txn.id,
@@ -857,14 +863,15 @@ impl Session {
             kind: Default::default(),
             recipients: txn.rcpts.clone(),
         };
-        let mut env = env;
+        let owners = txn.owners.clone();
         let mut content = content;
+        let mut changes = None;
         if let Some(m) = self.milters.as_mut() {
             let reader = match content.read_back() {
                 Ok(r) => r,
                 Err(e) => return spool_error_reply(&e),
             };
-            let (v, changes) = m.message(reader, &env.id.to_string()).await;
+            let (v, c) = m.message(reader, &env.id.to_string()).await;
             use milter::Verdict;
             match v {
                 Verdict::Reject(r) | Verdict::Tempfail(r) => {
@@ -873,176 +880,31 @@ impl Session {
                 }
                 Verdict::Discard => {
                     info!(queue_id = %env.id, "message discarded by a milter");
-                    return reply(250, "2.0.0", &format!("Ok: discarded as {}", env.id));
+                    return cleanup::discarded_reply(env.id);
                 }
                 Verdict::Continue => {}
             }
-            for a in &changes.add_rcpts {
-                env.recipients.push(Recipient {
-                    address: milter::strip(a),
-                    ..Default::default()
-                });
-            }
-            for a in &changes.del_rcpts {
-                let a = milter::strip(a);
-                env.recipients
-                    .retain(|r| !r.address.eq_ignore_ascii_case(&a));
-            }
-            if let Some(f) = &changes.from {
-                env.sender = milter::strip(f);
-            }
-            if let Some(why) = &changes.quarantine {
-                info!(queue_id = %env.id, reason = %why, "quarantined by a milter: held");
-                env.held = true;
-            }
-            if env.recipients.len() > config::MAX_RECIPIENTS {
-                warn!(queue_id = %env.id, nrcpt = env.recipients.len(), "a milter added recipients past the limit of one message");
-                return reply(
-                    550,
-                    "5.5.3",
-                    &format!(
-                        "Too many recipients: a message has at most {}",
-                        config::MAX_RECIPIENTS
-                    ),
-                );
-            }
-            if env.recipients.is_empty() {
-                info!(queue_id = %env.id, "a milter removed every recipient: discarded");
-                return reply(250, "2.0.0", &format!("Ok: discarded as {}", env.id));
-            }
-            if changes.rewrites_content() {
-                let spool = self.ctx.spool.clone();
-                content = match rewrite(&spool, content, &changes).await {
-                    Ok(c) => c,
-                    Err(e) => return spool_error_reply(&e),
-                };
-            }
+            changes = Some(c);
         }
-        let owners = self
-            .txn
-            .as_ref()
-            .map(|t| t.owners.clone())
-            .unwrap_or_default();
-        let mut copies = Vec::new();
-        if !owners.is_empty() {
-            let ctx = self.ctx.clone();
-            match list_copies(&ctx, &mut env, &mut content, &owners).await {
-                Ok(ids) => copies = ids,
-                Err(e) => return spool_error_reply(&e),
-            }
-            if env.recipients.is_empty() {
-                let ids: Vec<String> = copies.iter().map(ToString::to_string).collect();
-                return reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" ")));
-            }
-        }
-        let size = content.len();
-        match self.ctx.spool.commit(&env, content).await {
-            Ok(mref) => {
-                info!(
-                    queue_id = %env.id,
-                    client = %env.client,
-                    from = %env.sender,
-                    size,
-                    nrcpt = env.recipients.len(),
-                    "received"
-                );
-                let id = env.id;
-                crate::counters::inc(&self.ctx.counters.received);
-                self.ctx.queue.arrived(env, mref, size).await;
-                let mut ids = id.to_string();
-                for c in &copies {
-                    ids.push(' ');
-                    ids.push_str(&c.to_string());
-                }
-                reply(250, "2.0.0", &format!("Ok: queued as {ids}"))
-            }
-            Err(e) => {
-                warn!(queue_id = %env.id, "spool commit failed: {e}");
-                spool_error_reply(&e)
-            }
-        }
-    }
-}
-
-/// Writes the content again with a milter's header and body changes, same queue id.
-async fn rewrite(
-    spool: &spool::Spool,
-    content: ContentWriter,
-    changes: &milter::Changes,
-) -> Result<ContentWriter, spool::SpoolError> {
-    let id = content.id();
-    let mut r = content.into_reader()?;
-    let head = message::read_header_section(&mut r);
-    let mut w = spool.content_writer(id);
-    w.write(&message::apply_headers(&head, &changes.headers))
-        .await?;
-    match &changes.body {
-        Some(body) => {
-            // Milters may send bare LF; mail on disk has CRLF line ends.
-            let mut fixed = Vec::with_capacity(body.len() + body.len() / 32);
-            for (i, &b) in body.iter().enumerate() {
-                if b == b'\n' && (i == 0 || body[i - 1] != b'\r') {
-                    fixed.push(b'\r');
-                }
-                fixed.push(b);
-            }
-            w.write(&fixed).await?;
-        }
-        None => w.write_from(&mut r).await?,
-    }
-    Ok(w)
-}
-
-/// Takes the recipients that came from lists with owners out of `env` and commits a copy
-/// of the message for each owner, with the owner as envelope sender (what sendmail and
-/// Postfix do for `owner-NAME`). Returns the copies' ids.
-async fn list_copies(
-    ctx: &Ctx,
-    env: &mut Envelope,
-    content: &mut ContentWriter,
-    owners: &[(String, String)],
-) -> Result<Vec<TxnId>, spool::SpoolError> {
-    let mut groups: Vec<(String, Vec<Recipient>)> = Vec::new();
-    let mut rest = Vec::new();
-    for r in env.recipients.drain(..) {
-        match owners
-            .iter()
-            .find(|(a, _)| a.eq_ignore_ascii_case(&r.address))
-        {
-            Some((_, o)) => match groups.iter_mut().find(|(g, _)| g == o) {
-                Some((_, v)) => v.push(r),
-                None => groups.push((o.clone(), vec![r])),
+        let msg = Incoming {
+            env,
+            content: Content::Spooled {
+                writer: content,
+                hops: scan.received,
             },
-            None => rest.push(r),
-        }
-    }
-    env.recipients = rest;
-    let mut ids = Vec::new();
-    for (owner, rcpts) in groups {
-        let id = ctx.spool.ids().next();
-        let mut w = ctx.spool.content_writer(id);
-        w.write_from(&mut content.read_back()?).await?;
-        let size = w.len();
-        let copy = Envelope {
-            id,
-            sender: owner,
-            recipients: rcpts,
-            ..env.clone()
+            origin: self.origin(),
+            changes,
+            owners,
         };
-        let mref = ctx.spool.commit(&copy, w).await?;
-        info!(queue_id = %id, original = %env.id, from = %copy.sender, size, nrcpt = copy.recipients.len(), "received (list copy for its owner)");
-        crate::counters::inc(&ctx.counters.received);
-        ctx.queue.arrived(copy, mref, size).await;
-        ids.push(id);
-    }
-    Ok(ids)
-}
-
-fn spool_error_reply(e: &spool::SpoolError) -> Reply {
-    if e.is_no_space() {
-        reply(452, "4.3.1", "Insufficient system storage")
-    } else {
-        reply(451, "4.3.0", "Local error in processing; try again later")
+        match self
+            .ctx
+            .cleanup
+            .commit(&cleanup::Settings::new(&self.cfg), msg)
+            .await
+        {
+            Ok(a) => a.reply(),
+            Err(e) => e.reply(),
+        }
     }
 }
 
