@@ -5,8 +5,6 @@
 //! administrators (and tests elsewhere in the workspace) read them, so they must not drift
 //! when the code around them changes.
 
-use crate::route::RouteTargetError;
-
 /// One problem in a configuration file, located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}:{column}: {}{message}", KeyPrefix(key))]
@@ -130,6 +128,31 @@ pub enum ValueError {
     EmptyPath,
     #[error("{0} (expected [ip]:port, host:port, host, mx:domain or lmtp:...)")]
     RouteTarget(RouteTargetError),
+}
+
+/// Why a route target or pattern did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteTargetError {
+    #[error("empty route target")]
+    Empty,
+    #[error("'{0}' is not a port number (1-65535)")]
+    NotAPort(String),
+    #[error("'{0}': missing ']' after address literal")]
+    UnclosedLiteral(String),
+    #[error("'{0}' is not an IP address")]
+    NotAnIpAddress(String),
+    #[error("'{0}': expected ':port' after ']'")]
+    ExpectedPort(String),
+    #[error("'{0}' is not a valid host name")]
+    NotAHostName(String),
+    #[error("'{0}': unix socket path must be absolute")]
+    RelativeUnixPath(String),
+    #[error("'{0}': LMTP needs a port")]
+    LmtpNeedsPort(String),
+    #[error("'{0}' is not a valid domain")]
+    NotADomain(String),
+    #[error("'{0}' is not a domain, '.domain' or '*'")]
+    NotAPattern(String),
 }
 
 #[cfg(test)]

@@ -21,15 +21,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use error::{
-    AddressError, CidrError, ConfigError, ConfigErrors, DurationError, SizeError, ValueError,
+    AddressError, CidrError, ConfigError, ConfigErrors, DurationError, RouteTargetError, SizeError,
+    ValueError,
 };
 pub use keys::{
     Config, Control, Delivery, Dns, KEYS, KeyDef, Local, Log, Milter, Smtp, reference_markdown,
 };
 pub use kinds::ValueKind;
-pub use route::{
-    LmtpTarget, RoutePattern, RouteTable, RouteTarget, RouteTargetError, normalize_domain,
-};
+pub use route::{LmtpTarget, RoutePattern, RouteTable, RouteTarget, normalize_domain};
 pub use values::{Cidr, MilterAddress, format_duration, parse_duration, parse_size};
 
 /// Recipients one message may have: the spool numbers them with a u16 (queue ids `ID.XXXX`,

@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use crate::error::RouteTargetError;
+
 /// Where mail for a routed domain goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteTarget {
@@ -29,31 +31,6 @@ pub enum LmtpTarget {
     Host { host: String, port: u16 },
     /// A unix-domain socket.
     Unix(std::path::PathBuf),
-}
-
-/// Why a route target or pattern did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteTargetError {
-    #[error("empty route target")]
-    Empty,
-    #[error("'{0}' is not a port number (1-65535)")]
-    NotAPort(String),
-    #[error("'{0}': missing ']' after address literal")]
-    UnclosedLiteral(String),
-    #[error("'{0}' is not an IP address")]
-    NotAnIpAddress(String),
-    #[error("'{0}': expected ':port' after ']'")]
-    ExpectedPort(String),
-    #[error("'{0}' is not a valid host name")]
-    NotAHostName(String),
-    #[error("'{0}': unix socket path must be absolute")]
-    RelativeUnixPath(String),
-    #[error("'{0}': LMTP needs a port")]
-    LmtpNeedsPort(String),
-    #[error("'{0}' is not a valid domain")]
-    NotADomain(String),
-    #[error("'{0}' is not a domain, '.domain' or '*'")]
-    NotAPattern(String),
 }
 
 fn parse_port(s: &str) -> Result<u16, RouteTargetError> {

@@ -4,8 +4,9 @@
 
 use std::future::Future;
 
-use spool::{BodyType, DsnRet, Handoff, MessageRef, Notify, TxnId};
+use spool::{BodyType, DsnRet, MessageRef, Notify, TxnId};
 
+pub use crate::outcome::{RcptOutcome, RcptResult};
 use crate::record::{Recorded, Recorder};
 use crate::schedule::DomainId;
 
@@ -56,39 +57,4 @@ pub struct AttemptReport {
     /// Results the spool could not record. They are not final: the recipients keep their
     /// previous state and are tried again (a delivery may then be repeated, never lost).
     pub unrecorded: Vec<RcptResult>,
-}
-
-pub struct RcptResult {
-    pub id: TxnId,
-    pub index: u16,
-    pub outcome: RcptOutcome,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RcptOutcome {
-    Delivered {
-        relay: String,
-        reply: String,
-        handoff: Handoff,
-    },
-    Deferred {
-        relay: Option<String>,
-        reply: String,
-    },
-    Failed {
-        relay: Option<String>,
-        reply: String,
-    },
-}
-
-impl RcptOutcome {
-    /// The server that answered, and how a delivered recipient was handed on.
-    pub fn relay_and_handoff(&self) -> (Option<String>, Handoff) {
-        match self {
-            RcptOutcome::Delivered { relay, handoff, .. } => (Some(relay.clone()), *handoff),
-            RcptOutcome::Deferred { relay, .. } | RcptOutcome::Failed { relay, .. } => {
-                (relay.clone(), Handoff::Unknown)
-            }
-        }
-    }
 }

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod dsn;
 pub mod job;
 pub mod manager;
+pub mod outcome;
 pub mod record;
 pub mod schedule;
 

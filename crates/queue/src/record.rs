@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use spool::{RcptState, Spool, TxnId, Update};
 
-use crate::job::{RcptOutcome, RcptResult};
+use crate::outcome::{RcptOutcome, RcptResult};
 
 /// A result that is durable, with the update that made it so.
 pub struct Recorded {
