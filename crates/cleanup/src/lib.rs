@@ -1,11 +1,11 @@
 //! The cleanup stage every message passes before it is queued, whatever its entry (an SMTP
-//! session, the local submission socket, pickup/): the content policy for content handed
+//! session, the local submission socket, pickup/, the queue's own DSNs): the content policy for content handed
 //! over whole, our `Received:` line, the hop count, the milters' edits applied byte for
 //! byte, copies for lists with owners, the durable commit, and the news to the queue. As in
 //! Postfix, the entry paths keep only their own decisions (protocol, relay, sender binding,
 //! rate) and share this one stage, so none of them can queue what another would refuse.
-//! It knows nothing of the queue manager but the [`Arrivals`] trait, so the queue can use it
-//! for its own messages without a dependency cycle.
+//! It knows nothing of the queue manager but the [`Arrivals`] trait, so the queue uses it
+//! for its own messages (DSNs) without a dependency cycle.
 
 pub mod counters;
 mod edit;
@@ -66,6 +66,10 @@ pub enum Origin {
     Local {
         uid: u32,
         via: String,
+    },
+    /// A delivery status notification the queue composed about `original`.
+    Dsn {
+        original: TxnId,
     },
 }
 
@@ -238,6 +242,13 @@ impl<A: Arrivals> Cleanup<A> {
                 via,
                 "received by local submission"
             ),
+            // The queue manager logs the report it queued ("sender notified").
+            Origin::Dsn { original } => tracing::debug!(
+                queue_id = %env.id,
+                %original,
+                size,
+                "DSN committed"
+            ),
         }
         let id = env.id;
         counters::inc(&self.counters.received);
@@ -263,7 +274,7 @@ impl<A: Arrivals> Cleanup<A> {
                     "local submission refused: message contains {}",
                     v.describe()
                 ),
-                Origin::Smtp(_) => {
+                Origin::Smtp(_) | Origin::Dsn { .. } => {
                     warn!(queue_id = %env.id, "message refused: {}", v.describe())
                 }
             }
@@ -348,6 +359,10 @@ pub fn trace_header(
         }
         Origin::Local { uid, via } => format!(
             "Received: by {hostname} (postrider {via}, from userid {uid})\r\n\tid {id}; {}\r\n",
+            message::rfc5322_date(now)
+        ),
+        Origin::Dsn { original } => format!(
+            "Received: by {hostname} (postrider, status of {original})\r\n\tid {id}; {}\r\n",
             message::rfc5322_date(now)
         ),
     }

@@ -7,9 +7,9 @@
 use std::io::Read;
 use std::time::Duration;
 
+use cleanup::{Cleanup, CleanupError, Content, Incoming, Origin};
 use spool::{
-    Envelope, Handoff, MessageKind, MessageRef, Notify, RcptState, Recipient, Spool, SpoolError,
-    Update,
+    Envelope, Handoff, MessageKind, MessageRef, Notify, RcptState, Recipient, Spool, TxnId, Update,
 };
 
 use crate::dsn::{Action, Dsn, DsnRecipient, status_of};
@@ -95,21 +95,26 @@ fn read_returned(spool: &Spool, mref: &MessageRef, headers_only: bool) -> (Vec<u
     (out, full)
 }
 
-/// Composes the DSN for `rcpts` of `env` and commits it. Returns the new message, or
-/// `None` when the original sender cannot receive one.
-pub async fn send(
-    spool: &Spool,
+/// Composes the DSN for `rcpts` of `env`, takes it through cleanup (which commits it and
+/// hands it to the queue like any other mail), then records that the recipients were
+/// reported. Returns the report's queue id and whom it went to.
+pub async fn send<A: cleanup::Arrivals>(
+    cleanup: &Cleanup<A>,
     hostname: &str,
     policy: &Policy,
     env: &Envelope,
     mref: &MessageRef,
     rcpts: &[u16],
-) -> Result<(Envelope, MessageRef), SpoolError> {
+) -> Result<(TxnId, String), CleanupError> {
+    let spool = cleanup.spool();
     let now = spool::unix_now();
     let to = report_to(env, policy)
         .unwrap_or(&policy.postmaster)
         .to_string();
-    let headers_only = env.ret == Some(spool::DsnRet::Headers);
+    // Binary content cannot travel inside a message/rfc822 part of an 8-bit report: its
+    // headers must do.
+    let headers_only =
+        env.ret == Some(spool::DsnRet::Headers) || env.body == spool::BodyType::BinaryMime;
     let (spool2, mref2) = (spool.clone(), mref.clone());
     let (returned, returned_full) =
         tokio::task::spawn_blocking(move || read_returned(&spool2, &mref2, headers_only))
@@ -186,16 +191,30 @@ pub async fn send(
             ..Default::default()
         }],
     };
-    let mut w = spool.content_writer(id);
-    w.write(&content).await?;
-    let m = spool.commit(&bounce, w).await?;
+    let settings = cleanup::Settings {
+        hostname: hostname.to_string(),
+        // A report has no hops of its own: the Received fields it returns are in its body.
+        max_hops: usize::MAX,
+    };
+    cleanup
+        .commit(
+            &settings,
+            Incoming {
+                env: bounce,
+                content: Content::Whole(&content),
+                origin: Origin::Dsn { original: env.id },
+                changes: None,
+                owners: Vec::new(),
+            },
+        )
+        .await?;
     spool
         .update(vec![Update::DsnSent {
             id: env.id,
             rcpts: rcpts.to_vec(),
         }])
         .await?;
-    Ok((bounce, m))
+    Ok((id, to))
 }
 
 #[cfg(test)]

@@ -53,11 +53,12 @@ pub enum QueueMsg {
     /// A delivery attempt ended; its `results` are already durable, its `unrecorded`
     /// ones are not and are tried again.
     AttemptDone(AttemptReport),
-    /// A DSN task ended: the new message, or why it could not be made.
+    /// A DSN task ended: the report's queue id and whom it went to (the report itself came
+    /// in through cleanup as `Arrived`, before this), or why it could not be made.
     DsnDone {
         id: TxnId,
         rcpts: Vec<u16>,
-        result: Result<(Envelope, MessageRef), String>,
+        result: Result<(TxnId, String), String>,
     },
     Control(Request, oneshot::Sender<Response>),
     /// An administrator's change was written (or not); apply it and answer.
@@ -109,6 +110,9 @@ pub struct Manager<D> {
     sched: Scheduler<Pair>,
     spool: Spool,
     deliverer: Arc<D>,
+    /// DSNs go through cleanup like every other message; it tells this manager through a
+    /// handle of its own channel.
+    cleanup: Arc<cleanup::Cleanup<QueueHandle>>,
     settings: Settings,
     rx: mpsc::Receiver<QueueMsg>,
     tx: mpsc::Sender<QueueMsg>,
@@ -155,8 +159,13 @@ impl<D: Deliver> Manager<D> {
         let m = Manager {
             messages: HashMap::new(),
             sched,
-            spool,
+            spool: spool.clone(),
             deliverer,
+            cleanup: Arc::new(cleanup::Cleanup::new(
+                spool,
+                QueueHandle { tx: tx.clone() },
+                Arc::default(),
+            )),
             settings,
             rx,
             tx: tx.clone(),
@@ -235,12 +244,12 @@ impl<D: Deliver> Manager<D> {
         if !rcpts.is_empty() {
             m.dsn_in_flight = true;
             self.dsns += 1;
-            let (spool, tx) = (self.spool.clone(), self.tx.clone());
+            let (cleanup, tx) = (self.cleanup.clone(), self.tx.clone());
             let (env, mref) = (m.env.clone(), m.mref.clone());
             let host = self.settings.hostname.clone();
             let policy = self.settings.dsn.clone();
             self.tasks.spawn(async move {
-                let result = super::bounce::send(&spool, &host, &policy, &env, &mref, &rcpts)
+                let result = super::bounce::send(&cleanup, &host, &policy, &env, &mref, &rcpts)
                     .await
                     .map_err(|e| e.to_string());
                 let _ = tx.send(QueueMsg::DsnDone { id, rcpts, result }).await;
@@ -287,28 +296,21 @@ impl<D: Deliver> Manager<D> {
         });
     }
 
-    fn dsn_done(
-        &mut self,
-        id: TxnId,
-        rcpts: Vec<u16>,
-        result: Result<(Envelope, MessageRef), String>,
-    ) {
+    fn dsn_done(&mut self, id: TxnId, rcpts: Vec<u16>, result: Result<(TxnId, String), String>) {
         self.dsns = self.dsns.saturating_sub(1);
         let Some(m) = self.messages.get_mut(&id) else {
             return;
         };
         m.dsn_in_flight = false;
         match result {
-            Ok((benv, bref)) => {
+            Ok((dsn, to)) => {
                 // What `bounce::send` wrote after the DSN was durable.
                 m.env.apply(&Update::DsnSent { id, rcpts });
-                tracing::info!(queue_id = %id, dsn = %benv.id, to = %benv.recipients[0].address, "sender notified");
+                tracing::info!(queue_id = %id, %dsn, %to, "sender notified");
                 self.settings
                     .counters
                     .dsn_sent
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let size = bref.len();
-                self.insert(benv, bref, size, true, Instant::now());
                 if let Some(u) = self.settle(id) {
                     self.record_in_background(vec![u]);
                 }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 struct Seen {
     domain: String,
+    ids: Vec<spool::TxnId>,
     rcpts: Vec<String>,
     at: Instant,
 }
@@ -46,6 +47,7 @@ impl Deliver for Script {
         .unwrap_or("250");
         let _ = self.seen.send(Seen {
             domain: attempt.domain_name.clone(),
+            ids: attempt.messages.iter().map(|m| m.id).collect(),
             rcpts: attempt
                 .messages
                 .iter()
@@ -281,7 +283,8 @@ async fn new_mail_probes_a_backing_off_domain_at_once_and_a_failed_probe_keeps_t
 
 #[tokio::test(start_paused = true)]
 async fn results_are_applied_as_written_and_a_final_state_stays_final() {
-    let mut w = world(&["550"], Duration::ZERO);
+    // Both recipients fail; the DSN that follows is deferred, so it stays to be looked at.
+    let mut w = world(&["550", "550", "450"], Duration::ZERO);
     let id = w.submit(&["x@dst.test", "y@other.test"]).await;
     w.next().await;
     w.next().await;
@@ -295,9 +298,15 @@ async fn results_are_applied_as_written_and_a_final_state_stays_final() {
         assert!(Instant::now() < deadline, "failed message still queued");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The DSN is a message of its own, attempted to the sender's domain.
+    // The DSN is a message of its own, attempted to the sender's domain. It came in
+    // through cleanup like any other mail: our trace line names the message it reports on.
     let dsn = w.next().await;
     assert_eq!(dsn.domain, "src.test");
+    let headers = w.show(dsn.ids[0]).await.headers.unwrap_or_default();
+    assert!(
+        headers.starts_with(&format!("Received: by mx.test (postrider, status of {id})")),
+        "{headers}"
+    );
     w.stop().await;
 }
 
