@@ -14,9 +14,10 @@ use std::time::Duration;
 use toml::de::DeTable;
 
 use crate::kinds::*;
-use crate::parse::{Walker, join, parse_value};
+use crate::parse::{join, parse_value};
 use crate::route::{LmtpTarget, RouteTable};
 use crate::values::{Cidr, MilterAddress};
+use crate::walker::Walker;
 use crate::{LogFormat, MilterFailure, TlsPolicy};
 
 /// One row of the key table.

@@ -16,6 +16,7 @@ mod kinds;
 mod parse;
 pub mod route;
 pub mod values;
+mod walker;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -8,15 +8,13 @@
 
 use std::fmt::Display;
 
-use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::error::{ConfigError, ConfigErrors, ValueError};
+use crate::error::{ConfigErrors, ValueError};
 use crate::kinds::Kind;
 use crate::route::{RoutePattern, RouteTable, RouteTarget};
+use crate::walker::{V, Walker};
 use crate::{Config, Milter, TlsPolicy};
-
-pub(crate) type V<'i> = Spanned<DeValue<'i>>;
 
 /// The sections of the top-level table, in the order "known here" lists them after the
 /// top-level keys.
@@ -31,12 +29,6 @@ const SECTIONS: &[&str] = &[
     "control",
     "log",
 ];
-
-pub(crate) struct Walker<'a> {
-    text: &'a str,
-    file: &'a str,
-    errors: Vec<ConfigError>,
-}
 
 /// Parses `text` (named `file` in errors) over `cfg`, which holds the defaults.
 pub(crate) fn parse_into(text: &str, file: &str, cfg: &mut Config) -> Result<(), ConfigErrors> {
@@ -109,24 +101,6 @@ pub(crate) fn join(prefix: &str, key: &str) -> String {
 }
 
 impl Walker<'_> {
-    pub(crate) fn error_at(&mut self, offset: usize, key: &str, message: &str) {
-        let offset = offset.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let column = offset - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
-        self.errors.push(ConfigError {
-            file: self.file.to_string(),
-            line,
-            column,
-            key: key.to_string(),
-            message: message.to_string(),
-        });
-    }
-
-    pub(crate) fn error(&mut self, v: &V<'_>, key: &str, message: &str) {
-        self.error_at(v.span().start, key, message);
-    }
-
     /// Reports keys of `t` not in `known`, suggesting the nearest known one.
     fn check_keys(&mut self, t: &DeTable<'_>, prefix: &str, known: &[&str]) {
         for (k, _) in t.iter() {
@@ -156,88 +130,6 @@ impl Walker<'_> {
                 None
             }
         }
-    }
-
-    pub(crate) fn string<'t>(&mut self, v: &'t V<'_>, key: &str) -> Option<&'t str> {
-        match v.get_ref() {
-            DeValue::String(s) => Some(s),
-            other => {
-                let msg = format!("expected a string, found {}", other.type_str());
-                self.error(v, key, &msg);
-                None
-            }
-        }
-    }
-
-    pub(crate) fn boolean(&mut self, v: &V<'_>, key: &str) -> Option<bool> {
-        match v.get_ref() {
-            DeValue::Boolean(b) => Some(*b),
-            other => {
-                let msg = format!("expected true or false, found {}", other.type_str());
-                self.error(v, key, &msg);
-                None
-            }
-        }
-    }
-
-    pub(crate) fn integer(&mut self, v: &V<'_>, key: &str, min: u64, max: u64) -> Option<u64> {
-        match v.get_ref() {
-            DeValue::Integer(i) => {
-                let parsed = u64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
-                    .ok()
-                    .filter(|n| (min..=max).contains(n));
-                if parsed.is_none() {
-                    self.error(v, key, &format!("must be an integer from {min} to {max}"));
-                }
-                parsed
-            }
-            other => {
-                let msg = format!("expected an integer, found {}", other.type_str());
-                self.error(v, key, &msg);
-                None
-            }
-        }
-    }
-
-    /// A string converted by `f`; the error from `f` is reported at the value.
-    pub(crate) fn parsed<T, E: Display>(
-        &mut self,
-        v: &V<'_>,
-        key: &str,
-        f: impl FnOnce(&str) -> Result<T, E>,
-    ) -> Option<T> {
-        let s = self.string(v, key)?;
-        match f(s) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                self.error(v, key, &e.to_string());
-                None
-            }
-        }
-    }
-
-    /// An array whose items are read by `f`; `None` if it is not an array or any item failed
-    /// (each failure reported by `f`).
-    pub(crate) fn list<T>(
-        &mut self,
-        v: &V<'_>,
-        key: &str,
-        mut f: impl FnMut(&mut Self, &V<'_>) -> Option<T>,
-    ) -> Option<Vec<T>> {
-        let DeValue::Array(a) = v.get_ref() else {
-            let msg = format!("expected an array, found {}", v.get_ref().type_str());
-            self.error(v, key, &msg);
-            return None;
-        };
-        let mut out = Vec::new();
-        let mut ok = true;
-        for item in a.iter() {
-            match f(self, item) {
-                Some(x) => out.push(x),
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
     }
 
     /// A `[section]`: its keys checked against `known` and read by `apply`.
