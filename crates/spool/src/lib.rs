@@ -20,29 +20,33 @@
 //! all left the queue is deleted; a long-lived message pinning an old segment is copied
 //! forward (with its current envelope) so the segment can go.
 
+mod content;
 mod envelope;
 mod id;
 mod layout;
 pub mod record;
+mod recovery;
 mod state;
 mod writer;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use content::ContentWriter;
 pub use envelope::{
     BodyType, DomainSchedule, DsnRet, Envelope, Handoff, MessageKind, Notify, RcptState, Recipient,
     Update,
 };
 pub use id::{BadId, IdGenerator, TxnId};
 pub use layout::{FILE_MODE, Owner, PRIVATE_DIR_MODE, SPOOL_DIR_MODE, prepare};
-use state::{Loc, State};
+pub use recovery::{Recovery, RecoveryReport, inspect};
+use recovery::{recovery_of, replay};
+use state::Loc;
 
 /// The spool's clock: arrivals, retry times and schedules are stored as unix seconds, and
 /// everyone who writes or compares them reads the time here (0 if the clock is before 1970).
@@ -142,51 +146,6 @@ impl MessageRef {
     }
 }
 
-/// What start-up found in the spool.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    pub messages: Vec<(Envelope, MessageRef)>,
-    pub schedules: Vec<DomainSchedule>,
-    pub report: RecoveryReport,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct RecoveryReport {
-    pub segments: usize,
-    pub records: usize,
-    pub messages: usize,
-    pub open_recipients: usize,
-    /// Bytes cut off the end of the log: a write torn by a crash, never acknowledged.
-    pub truncated: u64,
-    /// Records that failed their checksum before the end of a segment.
-    pub corrupt: Vec<String>,
-    pub orphans_removed: usize,
-}
-
-impl fmt::Display for RecoveryReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} messages with {} open recipients from {} records in {} segments",
-            self.messages, self.open_recipients, self.records, self.segments
-        )?;
-        if self.truncated > 0 {
-            write!(f, "; cut a torn tail of {} bytes", self.truncated)?;
-        }
-        if self.orphans_removed > 0 {
-            write!(
-                f,
-                "; removed {} unreferenced content files",
-                self.orphans_removed
-            )?;
-        }
-        for c in &self.corrupt {
-            write!(f, "; CORRUPT: {c}")?;
-        }
-        Ok(())
-    }
-}
-
 /// Counters for benchmarks and metrics: how well group commit is batching.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -260,138 +219,6 @@ pub(crate) fn content_path(dir: &Path, id: TxnId) -> PathBuf {
 
 pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
-    let log = dir.join("log");
-    let mut segs = Vec::new();
-    let rd = match fs::read_dir(&log) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(segs),
-        Err(e) => return Err(SpoolError::io(format!("reading {}", log.display()), e)),
-    };
-    for e in rd {
-        let e = e.map_err(|e| SpoolError::io(format!("reading {}", log.display()), e))?;
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
-            segs.push(n);
-        }
-    }
-    segs.sort_unstable();
-    Ok(segs)
-}
-
-/// Replays the log. With `repair`, a torn or corrupt tail of the last segment is cut off.
-fn replay(dir: &Path, repair: bool) -> Result<(State, RecoveryReport, Vec<u64>), SpoolError> {
-    let segs = list_segments(dir)?;
-    let mut st = State::default();
-    let mut rep = RecoveryReport {
-        segments: segs.len(),
-        ..Default::default()
-    };
-    for (i, &seg) in segs.iter().enumerate() {
-        let path = seg_path(dir, seg);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            // `inspect` may race a reclaim by the running daemon.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !repair => continue,
-            Err(e) => return Err(SpoolError::io(format!("reading {}", path.display()), e)),
-        };
-        let last = i + 1 == segs.len();
-        let mut pos = 0;
-        while pos < data.len() {
-            match record::decode(&data[pos..]) {
-                Ok(Some((rec, n))) => {
-                    rep.records += 1;
-                    match rec {
-                        record::Record::Message { env, content } => {
-                            let loc = match content {
-                                record::Content::Inline { offset, bytes } => Loc::Inline {
-                                    seg,
-                                    offset: (pos + offset) as u64,
-                                    len: bytes.len() as u64,
-                                },
-                                record::Content::External { len } => Loc::External { len },
-                            };
-                            st.add_message(*env, seg, loc);
-                        }
-                        record::Record::Updates(us) => {
-                            for u in &us {
-                                st.apply(u, seg);
-                            }
-                        }
-                    }
-                    pos += n;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    if !last {
-                        rep.corrupt.push(format!(
-                            "{} at offset {pos}: {e}; the rest of that segment is skipped",
-                            path.display()
-                        ));
-                    }
-                    break;
-                }
-            }
-        }
-        if pos < data.len() {
-            if last {
-                rep.truncated = (data.len() - pos) as u64;
-                if repair {
-                    let f = fs::OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| SpoolError::io(format!("opening {}", path.display()), e))?;
-                    f.set_len(pos as u64)
-                        .and_then(|()| f.sync_all())
-                        .map_err(|e| SpoolError::io(format!("truncating {}", path.display()), e))?;
-                }
-            } else if rep.corrupt.is_empty() {
-                rep.corrupt.push(format!(
-                    "{}: torn record at offset {pos} before the end of the log",
-                    path.display()
-                ));
-            }
-        }
-    }
-    rep.messages = st.live.len();
-    rep.open_recipients = st.live.values().map(|l| l.env.open_recipients()).sum();
-    Ok((st, rep, segs))
-}
-
-/// Moves the recovered envelopes out of `st` (leaving placeholders): the queue manager
-/// owns them from here on.
-fn recovery_of(st: &mut State, report: RecoveryReport) -> Recovery {
-    let mut messages: Vec<(Envelope, MessageRef)> = st
-        .live
-        .iter_mut()
-        .map(|(id, l)| {
-            (
-                std::mem::replace(&mut l.env, Envelope::placeholder(*id)),
-                MessageRef {
-                    id: *id,
-                    len: l.loc.len(),
-                },
-            )
-        })
-        .collect();
-    messages.sort_by_key(|(e, _)| e.id);
-    let mut schedules: Vec<DomainSchedule> =
-        st.schedules.values().map(|(s, _)| s.clone()).collect();
-    schedules.sort_by(|a, b| a.domain.cmp(&b.domain));
-    Recovery {
-        messages,
-        schedules,
-        report,
-    }
-}
-
-/// Reads the queue without taking the spool over (for `postrider queue` with no daemon).
-pub fn inspect(dir: &Path) -> Result<Recovery, SpoolError> {
-    let (mut st, rep, _) = replay(dir, false)?;
-    Ok(recovery_of(&mut st, rep))
 }
 
 /// Opens (creating if needed) and recovers the spool, and starts its writer thread.
@@ -646,116 +473,6 @@ impl Spool {
         let handle = self.inner.thread.lock().expect("thread lock").take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
-    }
-}
-
-/// Receives a message's content while the client sends it. Small content stays in memory
-/// until commit; past [`INLINE_MAX`] it is streamed to `content/ID`.
-pub struct ContentWriter {
-    id: TxnId,
-    dir: PathBuf,
-    buf: Vec<u8>,
-    file: Option<(File, PathBuf)>,
-    len: u64,
-    committed_file: Option<PathBuf>,
-}
-
-impl ContentWriter {
-    pub fn id(&self) -> TxnId {
-        self.id
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Appends content. Writes to the page cache only (the fsync is at commit), so this
-    /// does not block the runtime for long even though it uses plain file I/O.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
-        self.len += data.len() as u64;
-        if self.file.is_none() && self.buf.len() + data.len() <= INLINE_MAX {
-            self.buf.extend_from_slice(data);
-            return Ok(());
-        }
-        if self.file.is_none() {
-            use std::os::unix::fs::OpenOptionsExt;
-            let path = content_path(&self.dir, self.id);
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(FILE_MODE)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(|e| SpoolError::io(format!("creating {}", path.display()), e))?;
-            self.file = Some((f, path));
-            let pending = std::mem::take(&mut self.buf);
-            self.write_file(&pending)?;
-        }
-        self.write_file(data)
-    }
-
-    /// Appends everything `r` yields (a copy or a rewrite of other content).
-    pub async fn write_from(&mut self, r: &mut (dyn Read + Send)) -> Result<(), SpoolError> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = r
-                .read(&mut buf)
-                .map_err(|e| SpoolError::io("reading content back", e))?;
-            if n == 0 {
-                return Ok(());
-            }
-            self.write(&buf[..n]).await?;
-        }
-    }
-
-    /// A reader over what was written so far (for content filters before commit).
-    pub fn read_back(&mut self) -> Result<Box<dyn Read + Send>, SpoolError> {
-        match &mut self.file {
-            None => Ok(Box::new(io::Cursor::new(self.buf.clone()))),
-            Some((f, path)) => {
-                f.flush()
-                    .map_err(|e| SpoolError::io(format!("writing {}", path.display()), e))?;
-                let r = File::open(&*path)
-                    .map_err(|e| SpoolError::io(format!("reading {}", path.display()), e))?;
-                Ok(Box::new(io::BufReader::with_capacity(64 * 1024, r)))
-            }
-        }
-    }
-
-    /// Gives the content up as a reader, so that a rewritten version can be written under
-    /// the same id (the old file is unlinked; the reader keeps it alive until dropped).
-    pub fn into_reader(mut self) -> Result<Box<dyn Read + Send>, SpoolError> {
-        let r = self.read_back()?;
-        if let Some((_, path)) = self.file.take() {
-            let _ = fs::remove_file(path);
-        }
-        Ok(r)
-    }
-
-    fn write_file(&mut self, data: &[u8]) -> Result<(), SpoolError> {
-        let (f, path) = self.file.as_mut().expect("file is open");
-        f.write_all(data)
-            .map_err(|e| SpoolError::io(format!("writing {}", path.display()), e))
-    }
-}
-
-impl Drop for ContentWriter {
-    /// Content of a transaction that was never committed (client went away, size exceeded)
-    /// must not stay on disk.
-    fn drop(&mut self) {
-        let path = self
-            .file
-            .take()
-            .map(|(_, p)| p)
-            .or(self.committed_file.take());
-        if let Some(p) = path {
-            let _ = fs::remove_file(p);
         }
     }
 }

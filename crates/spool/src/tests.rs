@@ -5,6 +5,8 @@ use std::io::Read;
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::recovery::list_segments;
+use std::io::Write;
 
 fn env(id: TxnId, rcpts: usize) -> Envelope {
     Envelope {

@@ -1,5 +1,6 @@
 //! Every kind reads back what it renders (property tests), and the reference's words for
 //! a choice all parse.
+
 use std::fmt::Debug;
 
 use proptest::prelude::*;
