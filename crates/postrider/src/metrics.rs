@@ -201,6 +201,9 @@ pub async fn render(s: &Sources) -> String {
     out
 }
 
+/// Scrapes served at once.
+const MAX_SCRAPES: usize = 32;
+
 /// Serves `GET /metrics` on `listener` until shutdown.
 pub async fn serve(
     listener: TcpListener,
@@ -208,13 +211,26 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let sources = Arc::new(sources);
+    // Whoever can reach the endpoint must not be able to pile up tasks: past this many
+    // scrapes at once a new connection is closed. Each is tracked and waited for (briefly)
+    // at shutdown.
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let (mut sock, _) = tokio::select! {
             r = listener.accept() => r?,
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                tasks.close();
+                let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+                return Ok(());
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
         };
         let sources = sources.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
+            let _permit = permit;
             let mut req = Vec::with_capacity(512);
             let mut buf = [0u8; 1024];
             // A scraper sends a few hundred bytes; anything slow or large is dropped.

@@ -19,6 +19,9 @@ use super::schedule::{AttemptOutcome, DomainId, Scheduler, rcpt_domain};
 use crate::api::{Request, Response};
 use crate::job::{Attempt, AttemptReport, Deliver, JobMessage, JobRecipient};
 
+/// DSNs being composed and committed at once.
+const MAX_DSNS_IN_FLIGHT: usize = 64;
+
 /// A DSN that could not be committed (a full disk, say) is tried again after this.
 const DSN_RETRY: Duration = Duration::from_secs(60);
 
@@ -119,6 +122,8 @@ pub struct Manager<D> {
     /// Every task the manager starts (attempts, DSNs, spool writes), waited for before it
     /// returns: nothing it started outlives it.
     tasks: tokio_util::task::TaskTracker,
+    /// Messages due a DSN while [`MAX_DSNS_IN_FLIGHT`] are being made, in order.
+    dsn_waiting: std::collections::VecDeque<TxnId>,
     /// Messages whose DSN could not be made, and when to try again.
     dsn_retries: BinaryHeap<Reverse<(Instant, TxnId)>>,
     /// The spool's requests to rewrite messages that pin old segments.
@@ -171,6 +176,7 @@ impl<D: Deliver> Manager<D> {
             tx: tx.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
             dsn_retries: BinaryHeap::new(),
+            dsn_waiting: Default::default(),
             relocations: None,
             in_attempt: HashMap::new(),
             dsns: 0,
@@ -241,6 +247,14 @@ impl<D: Deliver> Manager<D> {
             return None;
         }
         let rcpts = super::bounce::pending(&m.env, &self.settings.dsn);
+        if !rcpts.is_empty() && self.dsns >= MAX_DSNS_IN_FLIGHT {
+            // Each DSN reads its original and commits a message; thousands failing at once
+            // (a dead domain's backlog expiring) must not become thousands of tasks.
+            if !self.dsn_waiting.contains(&id) {
+                self.dsn_waiting.push_back(id);
+            }
+            return None;
+        }
         if !rcpts.is_empty() {
             m.dsn_in_flight = true;
             self.dsns += 1;

@@ -32,19 +32,27 @@ struct Script {
     seen: mpsc::UnboundedSender<Seen>,
     /// Holds each attempt this long before answering (for the shutdown test).
     hold: Duration,
+    /// Domains that always get the same answer, whatever the script says.
+    fixed: Vec<(&'static str, &'static str)>,
 }
 
 impl Deliver for Script {
     async fn run(&self, attempt: Attempt) -> AttemptReport {
-        let what = {
-            let mut o = self.outcomes.lock().unwrap();
-            if o.len() > 1 {
-                o.pop_front()
-            } else {
-                o.front().copied()
-            }
-        }
-        .unwrap_or("250");
+        let fixed = self
+            .fixed
+            .iter()
+            .find(|(d, _)| *d == attempt.domain_name)
+            .map(|(_, o)| *o);
+        let what = fixed
+            .or_else(|| {
+                let mut o = self.outcomes.lock().unwrap();
+                if o.len() > 1 {
+                    o.pop_front()
+                } else {
+                    o.front().copied()
+                }
+            })
+            .unwrap_or("250");
         let _ = self.seen.send(Seen {
             domain: attempt.domain_name.clone(),
             ids: attempt.messages.iter().map(|m| m.id).collect(),
@@ -104,6 +112,14 @@ struct World {
 }
 
 fn world(outcomes: &[&'static str], hold: Duration) -> World {
+    world_with(outcomes, hold, Vec::new())
+}
+
+fn world_with(
+    outcomes: &[&'static str],
+    hold: Duration,
+    fixed: Vec<(&'static str, &'static str)>,
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = spool::open(SpoolConfig::new(dir.path())).unwrap();
     let (tx, seen) = mpsc::unbounded_channel();
@@ -111,6 +127,7 @@ fn world(outcomes: &[&'static str], hold: Duration) -> World {
         outcomes: Mutex::new(outcomes.iter().copied().collect()),
         seen: tx,
         hold,
+        fixed,
     });
     let (manager, queue) = Manager::new(
         spool.clone(),
@@ -393,4 +410,36 @@ async fn shutdown_starts_no_attempt_and_waits_for_the_running_one() {
         !ids.contains(&id),
         "the running attempt's delivery was recorded before the end"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_failures_at_once_all_get_their_dsn_when_only_64_are_made_at_a_time() {
+    let mut w = world_with(
+        &["250"],
+        Duration::ZERO,
+        vec![("dst.test", "550"), ("src.test", "450")],
+    );
+    let mut originals = Vec::new();
+    for i in 0..100 {
+        originals.push(w.submit(&[&format!("r{i}@dst.test")]).await);
+    }
+    let mut dsns = std::collections::HashSet::new();
+    while dsns.len() < 100 {
+        let seen = w.next().await;
+        if seen.domain == "src.test" {
+            dsns.extend(seen.ids);
+        }
+    }
+    // Every original left once its report was durable.
+    for id in originals {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !matches!(
+            w.queue.control(Request::Show { id: id.to_string() }).await,
+            Response::Error { .. }
+        ) {
+            assert!(std::time::Instant::now() < deadline, "{id} still queued");
+            tokio::task::yield_now().await;
+        }
+    }
+    w.stop().await;
 }

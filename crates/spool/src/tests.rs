@@ -1,12 +1,11 @@
 //! Spool tests against a real directory: durability across reopen, torn tails, group
 //! commit, reclaim and compaction.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::recovery::list_segments;
-use std::io::Write;
 
 fn env(id: TxnId, rcpts: usize) -> Envelope {
     Envelope {

@@ -3,10 +3,13 @@
 //! release and delete. One JSON request line in, one JSON response line out.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use queue::QueueHandle;
 use queue::api::{Request, Response};
@@ -22,21 +25,36 @@ pub async fn serve(
     // the moment it exists; the chmod makes the mode exact whatever the umask was.
     let listener = UnixListener::bind(&path)?;
     set_owner_only(&path)?;
+    // Only the daemon's user can connect, but a stuck script must not pile up tasks: past
+    // this many open connections a new one is closed at once. Each is tracked and waited for
+    // (briefly) at shutdown.
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tasks = TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => r?,
             _ = shutdown.cancelled() => break,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!("control socket: {MAX_CONNECTIONS} connections open, one refused");
+            continue;
+        };
         let queue = queue.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = answer(stream, queue).await {
                 tracing::debug!("control connection: {e}");
             }
+            drop(permit);
         });
     }
     let _ = std::fs::remove_file(&path);
+    tasks.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait()).await;
     Ok(())
 }
+
+/// Control connections open at once.
+const MAX_CONNECTIONS: usize = 16;
 
 fn set_owner_only(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
