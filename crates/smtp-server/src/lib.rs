@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod limits;
+pub mod machine;
 pub mod policy;
 pub mod session;
 
@@ -66,18 +67,10 @@ impl Ctx {
         let local = self.local.read().unwrap_or_else(|p| p.into_inner()).clone();
         match local.check(local_part) {
             RcptCheck::Local { targets } => Ok(targets),
-            RcptCheck::UnknownUser => Err(Reply::new(
-                550,
-                "5.1.1".parse().ok(),
-                &format!("<{local_part}>: Recipient address rejected: User unknown"),
-            )),
+            RcptCheck::UnknownUser => Err(machine::replies::user_unknown(local_part)),
             RcptCheck::TempFail(reason) => {
                 warn!("local recipient check failed: {reason}");
-                Err(Reply::new(
-                    451,
-                    "4.3.0".parse().ok(),
-                    "Temporary lookup failure",
-                ))
+                Err(machine::replies::LOOKUP_FAILED.reply())
             }
         }
     }
@@ -108,8 +101,8 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTrac
             }
             Err(why) => {
                 let text = match why {
-                    Refusal::TooManyOverall => "Error: too many connections",
-                    Refusal::TooManyFromClient => "Error: too many connections from your address",
+                    Refusal::TooManyOverall => machine::replies::TOO_MANY_CONNECTIONS,
+                    Refusal::TooManyFromClient => machine::replies::TOO_MANY_FROM_CLIENT,
                 };
                 info!(client = %peer, "connection refused: {text}");
                 tracker.spawn(async move {
@@ -139,8 +132,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
                 if matches!(r, Ok(n) if n > 0) {
                     info!(session = %s.id(), client = %peer, "rejected: talked before the greeting");
                     let mut sock = sock;
-                    let mut out = Vec::new();
-                    Reply::new(554, "5.5.0".parse().ok(), "Error: SMTP protocol violation (talked before greeting)").write_to(&mut out);
+                    let out = machine::replies::TALKED_EARLY.reply().to_bytes();
                     let _ = sock.write_all(&out).await;
                     return;
                 }
@@ -152,14 +144,12 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
         }
     }
     let mut conn = Conn::new(sock);
-    s.greeting().write_to(&mut conn.out);
     match s.drive(&mut conn).await {
         Next::Close => {}
         Next::StartTls => {
             let Some(acceptor) = ctx.tls.clone() else {
                 return;
             };
-            let _ = conn.flush().await;
             let tls =
                 match tokio::time::timeout(ctx.cfg.smtp.command_timeout, acceptor.accept(conn.io))
                     .await
@@ -182,10 +172,9 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
                 .and_then(|c| c.suite().as_str())
                 .unwrap_or("unknown")
                 .to_owned();
-            s.tls = Some((version, cipher));
+            s.tls_started(version, cipher);
             let mut conn = Conn::new(tls);
             let _ = s.drive(&mut conn).await;
-            let _ = conn.flush().await;
         }
     }
     s.end().await;
