@@ -106,7 +106,7 @@ impl Deliverer {
             );
             match resolved {
                 Err(f) => {
-                    let outcome = if f.permanent {
+                    let outcome = if f.is_permanent() {
                         RcptOutcome::Failed {
                             relay: None,
                             reply: f.to_string(),
