@@ -22,6 +22,7 @@ use std::net::IpAddr;
 
 use client::{Client, ClientSettings, SessionError};
 use resolver::{Destination, Resolver};
+use smtp_proto::EnhancedCode;
 use spool::Spool;
 use tracing::{info, warn};
 
@@ -89,10 +90,11 @@ impl Deliverer {
         let mut results = Vec::new();
         for m in &expired {
             let days = self.max_queue_time.as_secs() / 86_400;
-            let outcome = RcptOutcome::Failed {
-                relay: None,
-                reply: format!("4.4.7 message expired: undeliverable for {days} days"),
-            };
+            let status = EnhancedCode::new(4, 4, 7);
+            let outcome = RcptOutcome::failed(
+                status,
+                format!("{status} message expired: undeliverable for {days} days"),
+            );
             results.extend(all(m, &outcome));
         }
         rec.record(results);
@@ -106,16 +108,10 @@ impl Deliverer {
             );
             match resolved {
                 Err(f) => {
-                    let outcome = if f.permanent {
-                        RcptOutcome::Failed {
-                            relay: None,
-                            reply: f.to_string(),
-                        }
+                    let outcome = if f.is_permanent() {
+                        RcptOutcome::failed(f.status(), f.to_string())
                     } else {
-                        RcptOutcome::Deferred {
-                            relay: None,
-                            reply: f.to_string(),
-                        }
+                        RcptOutcome::deferred(f.status(), f.to_string())
                     };
                     rec.record(live.iter().flat_map(|m| all(m, &outcome)).collect());
                 }
@@ -217,10 +213,11 @@ impl Deliverer {
                     Ok(c) => c,
                     Err(e) => {
                         warn!(queue_id = %msg.id, "cannot read content from the spool: {e}");
-                        let outcome = RcptOutcome::Deferred {
-                            relay: None,
-                            reply: format!("4.3.0 spool read error: {e}"),
-                        };
+                        let status = EnhancedCode::new(4, 3, 0);
+                        let outcome = RcptOutcome::deferred(
+                            status,
+                            format!("{status} spool read error: {e}"),
+                        );
                         rec.record(all(msg, &outcome).collect());
                         pending.pop_front();
                         continue;
@@ -250,12 +247,17 @@ impl Deliverer {
             client.quit().await;
             break;
         }
-        let reply = match &last_error {
-            Some(e) => e.as_reply_text(),
-            None if dests.is_empty() => "4.4.4 no destination to try".to_string(),
-            None => "4.4.1 delivery not completed".to_string(),
+        let outcome = match &last_error {
+            Some(e) => e.outcome(),
+            None if dests.is_empty() => {
+                let status = EnhancedCode::new(4, 4, 4);
+                RcptOutcome::deferred(status, format!("{status} no destination to try"))
+            }
+            None => {
+                let status = EnhancedCode::new(4, 4, 1);
+                RcptOutcome::deferred(status, format!("{status} delivery not completed"))
+            }
         };
-        let outcome = RcptOutcome::Deferred { relay: None, reply };
         rec.record(pending.iter().flat_map(|m| all(m, &outcome)).collect());
     }
 }
@@ -263,18 +265,21 @@ impl Deliverer {
 /// One line per recipient result: what an administrator greps for by queue id.
 fn log_result(domain: &str, r: &RcptResult, to: &str, delay: u64) {
     let rcpt_id = r.id.rcpt_id(r.index);
+    let dsn = r.outcome.status();
+    let reply = r.outcome.diagnostic();
+    let reply = reply.as_str();
     match &r.outcome {
-        RcptOutcome::Delivered { relay, reply, .. } => info!(
-            queue_id = %r.id, %rcpt_id, to, domain, relay, delay, dsn = %queue::dsn::status_of(reply, 2),
+        RcptOutcome::Delivered { relay, .. } => info!(
+            queue_id = %r.id, %rcpt_id, to, domain, relay, delay, %dsn,
             status = "sent", reply, "delivered"
         ),
-        RcptOutcome::Deferred { relay, reply } => info!(
+        RcptOutcome::Deferred { relay, .. } => info!(
             queue_id = %r.id, %rcpt_id, to, domain, relay = relay.as_deref().unwrap_or("none"), delay,
-            dsn = %queue::dsn::status_of(reply, 4), status = "deferred", reply, "deferred"
+            %dsn, status = "deferred", reply, "deferred"
         ),
-        RcptOutcome::Failed { relay, reply } => info!(
+        RcptOutcome::Failed { relay, .. } => info!(
             queue_id = %r.id, %rcpt_id, to, domain, relay = relay.as_deref().unwrap_or("none"), delay,
-            dsn = %queue::dsn::status_of(reply, 5), status = "bounced", reply, "failed"
+            %dsn, status = "bounced", reply, "failed"
         ),
     }
 }

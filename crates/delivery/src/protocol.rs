@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 
 use config::TlsPolicy;
 use smtp_proto::{
-    Capabilities, Command, DotStuffer, ForwardPath, MailParams, Mailbox, Notify as WireNotify,
-    RcptParams, Reply, ReplyParser, Ret, ReversePath,
+    Capabilities, Command, DotStuffer, EnhancedCode, ForwardPath, MailParams, Mailbox,
+    Notify as WireNotify, RcptParams, Reply, ReplyParser, Ret, ReversePath,
 };
 use spool::{BodyType, DsnRet, Handoff, Notify};
 
@@ -40,8 +40,24 @@ impl SessionError {
     pub fn as_reply_text(&self) -> String {
         match self {
             SessionError::Refused(_, r) => format!("{self} ({})", r.code()),
-            other => format!("4.4.1 {other}"),
+            other => format!("{} {other}", self.status()),
         }
+    }
+
+    /// The status of the recipients this leaves undelivered. A refused session is 4.0.0,
+    /// not the refusal's own code: that may be permanent (a 554 greeting) while the
+    /// recipients are only deferred, and the delay DSN, which reads the stored text, finds
+    /// no code at its start either.
+    pub fn status(&self) -> EnhancedCode {
+        match self {
+            SessionError::Refused(..) => EnhancedCode::new(4, 0, 0),
+            _ => EnhancedCode::new(4, 4, 1),
+        }
+    }
+
+    /// The outcome of every recipient left undelivered by this.
+    pub fn outcome(&self) -> RcptOutcome {
+        RcptOutcome::deferred(self.status(), self.as_reply_text())
     }
 }
 
@@ -491,37 +507,38 @@ impl ClientMachine {
             self.state = State::Done;
             return;
         }
-        let fail_all = |reply: String| -> Vec<(u16, RcptOutcome)> {
+        let fail_all = |(status, text): (EnhancedCode, String)| -> Vec<(u16, RcptOutcome)> {
             msg.recipients
                 .iter()
-                .map(|r| {
-                    (
-                        r.index,
-                        RcptOutcome::Failed {
-                            relay: None,
-                            reply: reply.clone(),
-                        },
-                    )
-                })
+                .map(|r| (r.index, RcptOutcome::failed(status, text.clone())))
                 .collect()
         };
         let refusal = if let Some(limit) = self.caps.size.filter(|&n| n > 0)
             && msg.size > limit
         {
-            Some(format!(
-                "552 5.3.4 message size {} exceeds the limit of {limit} announced by {}",
-                msg.size, self.relay
+            Some(refused_here(
+                552,
+                EnhancedCode::new(5, 3, 4),
+                format!(
+                    "message size {} exceeds the limit of {limit} announced by {}",
+                    msg.size, self.relay
+                ),
             ))
         } else if msg.smtputf8 && !self.caps.smtputf8 {
-            Some(format!(
-                "553 5.6.7 {} does not support SMTPUTF8, which this message needs",
-                self.relay
+            Some(refused_here(
+                553,
+                EnhancedCode::new(5, 6, 7),
+                format!(
+                    "{} does not support SMTPUTF8, which this message needs",
+                    self.relay
+                ),
             ))
         } else if msg.body == BodyType::BinaryMime && !(self.caps.binarymime && self.caps.chunking)
         {
-            Some(format!(
-                "554 5.6.3 {} does not support BINARYMIME",
-                self.relay
+            Some(refused_here(
+                554,
+                EnhancedCode::new(5, 6, 3),
+                format!("{} does not support BINARYMIME", self.relay),
             ))
         } else {
             None
@@ -533,7 +550,11 @@ impl ClientMachine {
         };
         let from = match (refusal, from) {
             (Some(why), _) => Err(why),
-            (None, Err(_)) => Err(format!("553 5.1.7 bad sender address {}", msg.sender)),
+            (None, Err(_)) => Err(refused_here(
+                553,
+                EnhancedCode::new(5, 1, 7),
+                format!("bad sender address {}", msg.sender),
+            )),
             (None, Ok(f)) => Ok(f),
         };
         let from = match from {
@@ -573,13 +594,12 @@ impl ClientMachine {
         };
         for r in &msg.recipients {
             let Ok(m) = Mailbox::parse(&r.address) else {
-                t.results.push((
-                    r.index,
-                    RcptOutcome::Failed {
-                        relay: None,
-                        reply: "553 5.1.3 bad recipient address".into(),
-                    },
-                ));
+                let (status, text) = refused_here(
+                    553,
+                    EnhancedCode::new(5, 1, 3),
+                    "bad recipient address".into(),
+                );
+                t.results.push((r.index, RcptOutcome::failed(status, text)));
                 continue;
             };
             let params = if dsn {
@@ -738,33 +758,23 @@ impl ClientMachine {
     }
 
     fn outcome(&self, r: &Reply) -> RcptOutcome {
-        let reply = r.to_string();
-        if r.is_positive() {
-            RcptOutcome::Delivered {
-                relay: self.relay.clone(),
-                reply,
-                // RFC 3461 §5.2: an LMTP server delivers; a DSN-capable relay reports
-                // success itself; any other relay leaves us to say "relayed".
-                handoff: if self.greeting.lmtp {
-                    Handoff::Final
-                } else if self.caps.dsn {
-                    Handoff::DsnCapable
-                } else {
-                    Handoff::Relayed
-                },
-            }
-        } else if r.is_transient() {
-            RcptOutcome::Deferred {
-                relay: Some(self.relay.clone()),
-                reply,
-            }
+        // RFC 3461 §5.2: an LMTP server delivers; a DSN-capable relay reports success
+        // itself; any other relay leaves us to say "relayed".
+        let handoff = if self.greeting.lmtp {
+            Handoff::Final
+        } else if self.caps.dsn {
+            Handoff::DsnCapable
         } else {
-            RcptOutcome::Failed {
-                relay: Some(self.relay.clone()),
-                reply,
-            }
-        }
+            Handoff::Relayed
+        };
+        RcptOutcome::from_reply(self.relay.clone(), r.clone(), handoff)
     }
+}
+
+/// A refusal of our own, worded as the reply the next hop would have given, since the
+/// recipient's last error and the DSN's diagnostic are read as SMTP replies.
+fn refused_here(code: u16, status: EnhancedCode, text: String) -> (EnhancedCode, String) {
+    (status, format!("{code} {status} {text}"))
 }
 
 /// Frames content for the wire: dot-stuffing for DATA, a `BDAT n` header per chunk. Pure

@@ -48,15 +48,17 @@ fn outcome(i: u16, o: &RcptOutcome) -> String {
         RcptOutcome::Delivered { reply, handoff, .. } => {
             format!("{i} delivered {reply} ({handoff:?})")
         }
-        RcptOutcome::Deferred { relay, reply } => {
+        RcptOutcome::Deferred { relay, .. } => {
             format!(
-                "{i} deferred {reply}{}",
+                "{i} deferred {}{}",
+                o.diagnostic(),
                 if relay.is_none() { " (local)" } else { "" }
             )
         }
-        RcptOutcome::Failed { relay, reply } => {
+        RcptOutcome::Failed { relay, .. } => {
             format!(
-                "{i} failed {reply}{}",
+                "{i} failed {}{}",
+                o.diagnostic(),
                 if relay.is_none() { " (local)" } else { "" }
             )
         }

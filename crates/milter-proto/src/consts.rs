@@ -40,39 +40,7 @@ pub const SMFIR_SKIP: u8 = b's';
 pub const SMFIR_TEMPFAIL: u8 = b't';
 pub const SMFIR_REPLYCODE: u8 = b'y';
 
-// Actions the MTA allows (SMFIF_*).
-pub const SMFIF_ADDHDRS: u32 = 0x01;
-pub const SMFIF_CHGBODY: u32 = 0x02;
-pub const SMFIF_ADDRCPT: u32 = 0x04;
-pub const SMFIF_DELRCPT: u32 = 0x08;
-pub const SMFIF_CHGHDRS: u32 = 0x10;
-pub const SMFIF_QUARANTINE: u32 = 0x20;
-pub const SMFIF_CHGFROM: u32 = 0x40;
-pub const SMFIF_ADDRCPT_PAR: u32 = 0x80;
-pub const SMFIF_SETSYMLIST: u32 = 0x100;
-
-// Protocol steps a milter may skip or not answer (SMFIP_*).
-pub const SMFIP_NOCONNECT: u32 = 0x01;
-pub const SMFIP_NOHELO: u32 = 0x02;
-pub const SMFIP_NOMAIL: u32 = 0x04;
-pub const SMFIP_NORCPT: u32 = 0x08;
-pub const SMFIP_NOBODY: u32 = 0x10;
-pub const SMFIP_NOHDRS: u32 = 0x20;
-pub const SMFIP_NOEOH: u32 = 0x40;
-pub const SMFIP_NR_HDR: u32 = 0x80;
-pub const SMFIP_NOUNKNOWN: u32 = 0x100;
-pub const SMFIP_NODATA: u32 = 0x200;
-pub const SMFIP_SKIP: u32 = 0x400;
-pub const SMFIP_RCPT_REJ: u32 = 0x800;
-pub const SMFIP_NR_CONN: u32 = 0x1000;
-pub const SMFIP_NR_HELO: u32 = 0x2000;
-pub const SMFIP_NR_MAIL: u32 = 0x4000;
-pub const SMFIP_NR_RCPT: u32 = 0x8000;
-pub const SMFIP_NR_DATA: u32 = 0x10000;
-pub const SMFIP_NR_UNKN: u32 = 0x20000;
-pub const SMFIP_NR_EOH: u32 = 0x40000;
-pub const SMFIP_NR_BODY: u32 = 0x80000;
-pub const SMFIP_HDR_LEADSPC: u32 = 0x100000;
+// The SMFIF_* actions and SMFIP_* protocol steps are the typed `Actions` and `Steps`.
 
 // Macro stages in the negotiation reply (SMFIM_*).
 pub const SMFIM_CONNECT: u32 = 0;

@@ -6,8 +6,10 @@
 //! the data. Strings inside are NUL-terminated.
 
 pub mod consts;
+mod flags;
 
 use consts::*;
+pub use flags::{Actions, Steps};
 
 /// Packets longer than this are refused: milters send headers and body chunks of at most
 /// 64 KiB (1 MiB with the largest negotiated MDS), so anything bigger is a broken peer.
@@ -20,8 +22,8 @@ pub enum Command {
     /// can skip.
     OptNeg {
         version: u32,
-        actions: u32,
-        protocol: u32,
+        actions: Actions,
+        protocol: Steps,
     },
     /// Macros for the stage named by `stage` (the command character that follows).
     Macros {
@@ -91,8 +93,8 @@ impl Command {
                 protocol,
             } => {
                 d.extend_from_slice(&version.to_be_bytes());
-                d.extend_from_slice(&actions.to_be_bytes());
-                d.extend_from_slice(&protocol.to_be_bytes());
+                d.extend_from_slice(&actions.bits().to_be_bytes());
+                d.extend_from_slice(&protocol.bits().to_be_bytes());
             }
             Command::Macros { stage, pairs } => {
                 d.push(*stage);
@@ -138,8 +140,8 @@ impl Command {
 pub enum Response {
     OptNeg {
         version: u32,
-        actions: u32,
-        protocol: u32,
+        actions: Actions,
+        protocol: Steps,
         /// Macros the milter wants per stage (SMFIM_* index, space-separated names).
         macros: Vec<(u32, String)>,
     },
@@ -297,8 +299,8 @@ impl Response {
                 }
                 Response::OptNeg {
                     version,
-                    actions,
-                    protocol,
+                    actions: Actions::from_bits_retain(actions),
+                    protocol: Steps::from_bits_retain(protocol),
                     macros,
                 }
             }
@@ -436,8 +438,8 @@ pub fn encode_response(r: &Response, out: &mut Vec<u8>) {
             macros,
         } => {
             d.extend_from_slice(&version.to_be_bytes());
-            d.extend_from_slice(&actions.to_be_bytes());
-            d.extend_from_slice(&protocol.to_be_bytes());
+            d.extend_from_slice(&actions.bits().to_be_bytes());
+            d.extend_from_slice(&protocol.bits().to_be_bytes());
             for (stage, names) in macros {
                 d.extend_from_slice(&stage.to_be_bytes());
                 cstr(&mut d, names);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use config::{Milter, MilterAddress, MilterFailure};
 use milter_proto::consts::*;
-use milter_proto::{Command, Framer, Response};
+use milter_proto::{Actions, Command, Framer, Response, Steps};
 use smtp_proto::Reply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
@@ -61,7 +61,7 @@ pub struct Context {
 struct Conn {
     io: Box<dyn Io>,
     framer: Framer,
-    protocol: u32,
+    protocol: Steps,
     timeout: Duration,
     on_failure: MilterFailure,
     name: String,
@@ -123,14 +123,14 @@ impl Conn {
         &mut self,
         macros: Option<&Command>,
         cmd: &Command,
-        no_reply: u32,
+        no_reply: Steps,
         changes: &mut Changes,
     ) -> Result<Response, Failure> {
         match macros {
             Some(m) => self.send_all(&[m, cmd]).await?,
             None => self.send(cmd).await?,
         }
-        if self.protocol & no_reply != 0 {
+        if self.protocol.intersects(no_reply) {
             return Ok(Response::Continue);
         }
         loop {
@@ -207,7 +207,7 @@ impl Milters {
                 addr: Some(ms.ctx.client),
             };
             verdict = ms
-                .stage(SMFIC_CONNECT, &cmd, SMFIP_NOCONNECT, SMFIP_NR_CONN, &[])
+                .stage(SMFIC_CONNECT, &cmd, Steps::NOCONNECT, Steps::NR_CONN, &[])
                 .await;
         }
         (ms, verdict)
@@ -233,7 +233,7 @@ impl Milters {
         let mut c = Conn {
             io,
             framer: Framer::new(),
-            protocol: 0,
+            protocol: Steps::empty(),
             timeout: m.timeout,
             on_failure: m.on_failure,
             name: name_of(m),
@@ -241,33 +241,33 @@ impl Milters {
             skip_body: false,
         };
         // Everything we can apply; every step may be skipped or left unanswered.
-        let actions = SMFIF_ADDHDRS
-            | SMFIF_CHGBODY
-            | SMFIF_ADDRCPT
-            | SMFIF_DELRCPT
-            | SMFIF_CHGHDRS
-            | SMFIF_QUARANTINE
-            | SMFIF_CHGFROM
-            | SMFIF_ADDRCPT_PAR;
-        let protocol = SMFIP_NOCONNECT
-            | SMFIP_NOHELO
-            | SMFIP_NOMAIL
-            | SMFIP_NORCPT
-            | SMFIP_NOBODY
-            | SMFIP_NOHDRS
-            | SMFIP_NOEOH
-            | SMFIP_NR_HDR
-            | SMFIP_NOUNKNOWN
-            | SMFIP_NODATA
-            | SMFIP_SKIP
-            | SMFIP_NR_CONN
-            | SMFIP_NR_HELO
-            | SMFIP_NR_MAIL
-            | SMFIP_NR_RCPT
-            | SMFIP_NR_DATA
-            | SMFIP_NR_UNKN
-            | SMFIP_NR_EOH
-            | SMFIP_NR_BODY;
+        let actions = Actions::ADDHDRS
+            | Actions::CHGBODY
+            | Actions::ADDRCPT
+            | Actions::DELRCPT
+            | Actions::CHGHDRS
+            | Actions::QUARANTINE
+            | Actions::CHGFROM
+            | Actions::ADDRCPT_PAR;
+        let protocol = Steps::NOCONNECT
+            | Steps::NOHELO
+            | Steps::NOMAIL
+            | Steps::NORCPT
+            | Steps::NOBODY
+            | Steps::NOHDRS
+            | Steps::NOEOH
+            | Steps::NR_HDR
+            | Steps::NOUNKNOWN
+            | Steps::NODATA
+            | Steps::SKIP
+            | Steps::NR_CONN
+            | Steps::NR_HELO
+            | Steps::NR_MAIL
+            | Steps::NR_RCPT
+            | Steps::NR_DATA
+            | Steps::NR_UNKN
+            | Steps::NR_EOH
+            | Steps::NR_BODY;
         c.send(&Command::OptNeg {
             version: SMFI_PROT_VERSION,
             actions,
@@ -287,7 +287,7 @@ impl Milters {
                 }));
             }
         }
-        debug!(milter = %c.name, protocol = c.protocol, "milter negotiated");
+        debug!(milter = %c.name, protocol = ?c.protocol, "milter negotiated");
         Ok(c)
     }
 
@@ -315,8 +315,8 @@ impl Milters {
         &mut self,
         stage: u8,
         cmd: &Command,
-        no_call: u32,
-        no_reply: u32,
+        no_call: Steps,
+        no_reply: Steps,
         macros: &[(&str, String)],
     ) -> Verdict {
         let macro_cmd = self.macros(stage, macros);
@@ -332,14 +332,14 @@ impl Milters {
         &mut self,
         macros: Option<&Command>,
         cmd: &Command,
-        no_call: u32,
-        no_reply: u32,
+        no_call: Steps,
+        no_reply: Steps,
         changes: &mut Changes,
     ) -> Verdict {
         let body = matches!(cmd, Command::Body(_));
         for slot in &mut self.conns {
             let Some(c) = slot else { continue };
-            if c.accepted || c.protocol & no_call != 0 || (body && c.skip_body) {
+            if c.accepted || c.protocol.intersects(no_call) || (body && c.skip_body) {
                 continue;
             }
             match c.call(macros, cmd, no_reply, changes).await {
@@ -399,7 +399,7 @@ impl Milters {
             ],
             None => Vec::new(),
         };
-        self.stage(SMFIC_HELO, &cmd, SMFIP_NOHELO, SMFIP_NR_HELO, &macros)
+        self.stage(SMFIC_HELO, &cmd, Steps::NOHELO, Steps::NR_HELO, &macros)
             .await
     }
 
@@ -417,8 +417,8 @@ impl Milters {
         self.stage(
             SMFIC_MAIL,
             &Command::Mail(a),
-            SMFIP_NOMAIL,
-            SMFIP_NR_MAIL,
+            Steps::NOMAIL,
+            Steps::NR_MAIL,
             &macros,
         )
         .await
@@ -427,7 +427,7 @@ impl Milters {
     pub async fn rcpt(&mut self, to: &str) -> Verdict {
         let macros = [("{rcpt_addr}", to.to_string())];
         let cmd = Command::Rcpt(vec![format!("<{to}>")]);
-        self.stage(SMFIC_RCPT, &cmd, SMFIP_NORCPT, SMFIP_NR_RCPT, &macros)
+        self.stage(SMFIC_RCPT, &cmd, Steps::NORCPT, Steps::NR_RCPT, &macros)
             .await
     }
 
@@ -443,8 +443,8 @@ impl Milters {
             .stage(
                 SMFIC_DATA,
                 &Command::Data,
-                SMFIP_NODATA,
-                SMFIP_NR_DATA,
+                Steps::NODATA,
+                Steps::NR_DATA,
                 &[("i", queue_id.into())],
             )
             .await;
@@ -460,7 +460,7 @@ impl Milters {
                 value: value.trim_start().to_string(),
             };
             let v = self
-                .call_all(None, &cmd, SMFIP_NOHDRS, SMFIP_NR_HDR, &mut changes)
+                .call_all(None, &cmd, Steps::NOHDRS, Steps::NR_HDR, &mut changes)
                 .await;
             if v != Verdict::Continue {
                 return (v, changes);
@@ -470,8 +470,8 @@ impl Milters {
             .call_all(
                 None,
                 &Command::EndOfHeaders,
-                SMFIP_NOEOH,
-                SMFIP_NR_EOH,
+                Steps::NOEOH,
+                Steps::NR_EOH,
                 &mut changes,
             )
             .await;
@@ -486,7 +486,7 @@ impl Milters {
             };
             let cmd = Command::Body(chunk[..n].to_vec());
             let v = self
-                .call_all(None, &cmd, SMFIP_NOBODY, SMFIP_NR_BODY, &mut changes)
+                .call_all(None, &cmd, Steps::NOBODY, Steps::NR_BODY, &mut changes)
                 .await;
             if v != Verdict::Continue {
                 return (v, changes);
@@ -494,7 +494,13 @@ impl Milters {
         }
         let eom = self.macros(SMFIC_BODYEOB, &[("i", queue_id.to_string())]);
         let v = self
-            .call_all(Some(&eom), &Command::EndOfBody, 0, 0, &mut changes)
+            .call_all(
+                Some(&eom),
+                &Command::EndOfBody,
+                Steps::empty(),
+                Steps::empty(),
+                &mut changes,
+            )
             .await;
         (v, changes)
     }

@@ -133,7 +133,7 @@ pub async fn send<A: cleanup::Arrivals>(
                 status: match action {
                     Action::Failed => status_of(diag.as_deref().unwrap_or(""), 5),
                     Action::Delayed => status_of(diag.as_deref().unwrap_or(""), 4),
-                    _ => "2.0.0".into(),
+                    _ => smtp_proto::EnhancedCode::new(2, 0, 0),
                 },
                 // The relay is "host[ip]:port"; Remote-MTA names the host.
                 remote_mta: r

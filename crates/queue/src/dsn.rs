@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use message::rfc5322_date;
+use smtp_proto::EnhancedCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -33,8 +34,8 @@ pub struct DsnRecipient {
     /// ORCPT as given at RCPT time, "rfc822;user@example.org".
     pub original_recipient: Option<String>,
     pub action: Action,
-    /// Enhanced status, e.g. "5.1.1".
-    pub status: String,
+    /// Enhanced status, e.g. 5.1.1.
+    pub status: EnhancedCode,
     pub remote_mta: Option<String>,
     /// The remote reply or our own reason, e.g. "550 5.1.1 no such user".
     pub diagnostic: Option<String>,
@@ -59,15 +60,17 @@ pub struct Dsn<'a> {
 }
 
 /// Picks the enhanced status code out of a reply or reason text, else a default by class.
-pub fn status_of(text: &str, class: u8) -> String {
+/// Only for a recipient's last error as the spool keeps it (a string, in spools of every
+/// age); a fresh outcome carries its status (`RcptOutcome::status`).
+pub fn status_of(text: &str, class: u8) -> EnhancedCode {
     text.split_whitespace()
         .take(3)
         .find_map(|w| {
             w.trim_end_matches([',', ';', ':'])
-                .parse::<smtp_proto::EnhancedCode>()
+                .parse::<EnhancedCode>()
                 .ok()
         })
-        .map_or_else(|| format!("{class}.0.0"), |c| c.to_string())
+        .unwrap_or(EnhancedCode::new(class, 0, 0))
 }
 
 fn date(secs: u64) -> String {
@@ -262,20 +265,18 @@ mod tests {
 
     #[test]
     fn status_extraction() {
-        assert_eq!(status_of("550 5.1.1 user unknown", 5), "5.1.1");
-        assert_eq!(
-            status_of("5.4.6 mail for x loops back to myself", 5),
-            "5.4.6"
-        );
-        assert_eq!(status_of("451 try later", 4), "4.0.0");
-        assert_eq!(status_of("550 5.1.1: user unknown", 5), "5.1.1");
+        let s = |text, class| status_of(text, class).to_string();
+        assert_eq!(s("550 5.1.1 user unknown", 5), "5.1.1");
+        assert_eq!(s("5.4.6 mail for x loops back to myself", 5), "5.4.6");
+        assert_eq!(s("451 try later", 4), "4.0.0");
+        assert_eq!(s("550 5.1.1: user unknown", 5), "5.1.1");
         assert_eq!(header_section(b"A: b\r\n\r\nbody"), b"A: b\r\n");
     }
 
     proptest::proptest! {
         #[test]
         fn status_is_always_a_status_code(text in "[ -~]{0,60}", class in proptest::sample::select(vec![2u8, 4, 5])) {
-            let s = status_of(&text, class);
+            let s = status_of(&text, class).to_string();
             let parts: Vec<&str> = s.split('.').collect();
             proptest::prop_assert_eq!(parts.len(), 3);
             proptest::prop_assert!(matches!(parts[0], "2" | "4" | "5"));

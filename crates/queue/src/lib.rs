@@ -18,5 +18,6 @@ pub mod schedule;
 pub use counters::Counters;
 pub use job::{Attempt, AttemptReport, Deliver, JobMessage, JobRecipient, RcptOutcome, RcptResult};
 pub use manager::{Manager, QueueHandle, Settings};
+pub use outcome::Reason;
 pub use record::{Recorded, Recorder};
 pub use schedule::DomainId;

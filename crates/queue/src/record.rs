@@ -110,8 +110,8 @@ impl Recorder {
         let (relay, handoff) = r.outcome.relay_and_handoff();
         let (state, last_error) = match &r.outcome {
             RcptOutcome::Delivered { .. } => (RcptState::Delivered, None),
-            RcptOutcome::Deferred { reply, .. } => (RcptState::Deferred, Some(reply.clone())),
-            RcptOutcome::Failed { reply, .. } => (RcptState::Failed, Some(reply.clone())),
+            RcptOutcome::Deferred { .. } => (RcptState::Deferred, Some(r.outcome.diagnostic())),
+            RcptOutcome::Failed { .. } => (RcptState::Failed, Some(r.outcome.diagnostic())),
         };
         Update::Rcpt {
             id: r.id,

@@ -11,6 +11,7 @@ use queue::api::{Request, Response};
 use queue::{
     Attempt, AttemptReport, Deliver, Manager, QueueHandle, RcptOutcome, RcptResult, Settings,
 };
+use smtp_proto::{EnhancedCode, Reply};
 use spool::{Envelope, Recipient, Spool, SpoolConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -64,21 +65,12 @@ impl Deliver for Script {
             at: Instant::now(),
         });
         tokio::time::sleep(self.hold).await;
-        let outcome = match what {
-            "250" => RcptOutcome::Delivered {
-                relay: "sink".into(),
-                reply: "250 2.0.0 ok".into(),
-                handoff: spool::Handoff::Unknown,
-            },
-            "450" => RcptOutcome::Deferred {
-                relay: Some("sink".into()),
-                reply: "450 4.2.0 try later".into(),
-            },
-            _ => RcptOutcome::Failed {
-                relay: Some("sink".into()),
-                reply: "550 5.1.1 no such user".into(),
-            },
+        let reply = match what {
+            "250" => Reply::new(250, Some(EnhancedCode::new(2, 0, 0)), "ok"),
+            "450" => Reply::new(450, Some(EnhancedCode::new(4, 2, 0)), "try later"),
+            _ => Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "no such user"),
         };
+        let outcome = RcptOutcome::from_reply("sink".into(), reply, spool::Handoff::Unknown);
         let mut rec = attempt.recorder;
         for m in &attempt.messages {
             rec.record(

@@ -30,6 +30,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rand::Rng;
 use rand::seq::SliceRandom;
+use smtp_proto::EnhancedCode;
 use tokio::sync::oneshot;
 
 pub use local::{LocalError, LocalPolicy, RcptCheck};
@@ -197,40 +198,88 @@ impl fmt::Display for Destination {
     }
 }
 
-/// Why no destination could be found. Displayed as `X.Y.Z text`, the form recorded as a
-/// recipient's last error and used in DSNs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub permanent: bool,
-    pub status: &'static str,
-    pub message: String,
+/// Why no destination could be found, by cause. Displayed as `X.Y.Z text` (the status
+/// first), the form recorded as a recipient's last error and used in DSNs, so the text of
+/// each cause must not change: stored spools and logs are read back by it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// NXDOMAIN for the domain itself.
+    #[error("{status} domain {0} does not exist", status = self.status())]
+    NoSuchDomain(String),
+    /// `implicit_mx` is off and the domain has no MX.
+    #[error("{status} {0} has no MX record", status = self.status())]
+    NoMx(String),
+    /// No MX, and the domain itself (the implicit MX) has no address either.
+    #[error("{status} {0} has no MX and no address", status = self.status())]
+    NoMxNoAddress(String),
+    /// An address literal that is not an IP address.
+    #[error("{status} bad address literal [{0}]", status = self.status())]
+    BadLiteral(String),
+    /// RFC 7505: the one MX is `.`.
+    #[error("{status} {0} does not accept mail (null MX)", status = self.status())]
+    NullMx(String),
+    /// RFC 2782: the one SRV target is `.`.
+    #[error("{status} {0} does not offer SMTP (SRV target '.')", status = self.status())]
+    NullSrv(String),
+    /// Every destination is one of our own addresses.
+    #[error("{status} mail for {0} loops back to myself", status = self.status())]
+    Loop(String),
+    /// We are the best MX, so no other MX may be used (RFC 5321 §5.1).
+    #[error("{status} mail for {0} loops back to myself (I am its best MX)", status = self.status())]
+    BestMxIsMe(String),
+    /// A local domain, but nowhere to hand its mail to.
+    #[error("{status} {0} is a local domain but no [local] lmtp is configured", status = self.status())]
+    NoLmtp(String),
+    /// A route names a host without an address.
+    #[error("{status} route host {0} has no address", status = self.status())]
+    RouteHostNoAddress(String),
+    /// Looking up a route's host failed (timeout, SERVFAIL).
+    #[error("{status} looking up {host}: {error}", status = self.status())]
+    HostLookup { host: String, error: String },
+    /// The MX lookup failed (timeout, SERVFAIL).
+    #[error("{status} MX lookup of {domain} failed: {error}", status = self.status())]
+    MxLookup { domain: String, error: String },
+    /// The SRV lookup failed; `name` is the full `_smtp._tcp.` name.
+    #[error("{status} SRV lookup of {name} failed: {error}", status = self.status())]
+    SrvLookup { name: String, error: String },
+    /// No MX host had an address, and looking one up failed.
+    #[error("{status} no address for the MX hosts of {domain}: {error}", status = self.status())]
+    MxHostLookup { domain: String, error: String },
+    /// No MX host has an address, without a lookup failing.
+    #[error("{status} no MX host of {0} has an address", status = self.status())]
+    NoAddress(String),
+    /// The task doing the lookup went away before answering.
+    #[error("{status} the lookup of {0} was abandoned", status = self.status())]
+    Abandoned(String),
 }
 
 impl Failure {
-    fn temp(status: &'static str, message: String) -> Self {
-        Failure {
-            permanent: false,
-            status,
-            message,
+    /// The RFC 3463 status a recipient gets for this failure.
+    pub fn status(&self) -> EnhancedCode {
+        match self {
+            Failure::NoSuchDomain(_)
+            | Failure::NoMx(_)
+            | Failure::NoMxNoAddress(_)
+            | Failure::BadLiteral(_) => EnhancedCode::new(5, 1, 2),
+            Failure::NullMx(_) | Failure::NullSrv(_) => EnhancedCode::new(5, 1, 10),
+            Failure::Loop(_) | Failure::BestMxIsMe(_) => EnhancedCode::new(5, 4, 6),
+            Failure::NoLmtp(_) => EnhancedCode::new(4, 3, 5),
+            Failure::RouteHostNoAddress(_)
+            | Failure::HostLookup { .. }
+            | Failure::MxLookup { .. }
+            | Failure::SrvLookup { .. }
+            | Failure::MxHostLookup { .. }
+            | Failure::Abandoned(_) => EnhancedCode::new(4, 4, 3),
+            Failure::NoAddress(_) => EnhancedCode::new(4, 4, 4),
         }
     }
 
-    fn perm(status: &'static str, message: String) -> Self {
-        Failure {
-            permanent: true,
-            status,
-            message,
-        }
+    /// Permanent failures bounce the recipients; the others defer them.
+    pub fn is_permanent(&self) -> bool {
+        self.status().class == 5
     }
 }
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.status, self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
 
 #[derive(Debug, thiserror::Error)]
 #[error("DNS resolver setup: {0}")]
@@ -370,12 +419,7 @@ impl Resolver {
                 flight.finish(outcome);
             });
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(Failure::temp(
-                "4.4.3",
-                format!("the lookup of {key} was abandoned"),
-            ))
-        })
+        rx.await.unwrap_or(Err(Failure::Abandoned(key)))
     }
 }
 
@@ -407,7 +451,7 @@ impl Inner {
                 .strip_prefix("ipv6:")
                 .unwrap_or(lit)
                 .parse()
-                .map_err(|_| Failure::perm("5.1.2", format!("bad address literal [{lit}]")))?;
+                .map_err(|_| Failure::BadLiteral(lit.to_string()))?;
             return self.finish(
                 domain,
                 vec![Destination::Smtp {
@@ -438,10 +482,7 @@ impl Inner {
             None if local => match self.cfg.lmtp.clone() {
                 Some(t) => self.lmtp_destinations(&t).await?,
                 None => {
-                    return Err(Failure::temp(
-                        "4.3.5",
-                        format!("{domain} is a local domain but no [local] lmtp is configured"),
-                    ));
+                    return Err(Failure::NoLmtp(domain.to_string()));
                 }
             },
             None => self.mx_destinations(domain).await?,
@@ -460,10 +501,7 @@ impl Inner {
             _ => true,
         });
         if dests.is_empty() && before > 0 {
-            return Err(Failure::perm(
-                "5.4.6",
-                format!("mail for {domain} loops back to myself"),
-            ));
+            return Err(Failure::Loop(domain.to_string()));
         }
         dests.truncate(MAX_ADDRESSES);
         Ok(dests)
@@ -502,11 +540,11 @@ impl Inner {
                 .collect()),
             // A route names a host the administrator chose: its absence is a
             // configuration problem to fix, not a reason to bounce.
-            Addrs::None => Err(Failure::temp(
-                "4.4.3",
-                format!("route host {host} has no address"),
-            )),
-            Addrs::Temp(e) => Err(Failure::temp("4.4.3", format!("looking up {host}: {e}"))),
+            Addrs::None => Err(Failure::RouteHostNoAddress(host.to_string())),
+            Addrs::Temp(error) => Err(Failure::HostLookup {
+                host: host.to_string(),
+                error,
+            }),
         }
     }
 
@@ -566,10 +604,7 @@ impl Inner {
                     })
                     .collect();
                 if mx.len() == 1 && mx[0].1.is_empty() {
-                    return Err(Failure::perm(
-                        "5.1.10",
-                        format!("{domain} does not accept mail (null MX)"),
-                    ));
+                    return Err(Failure::NullMx(domain.to_string()));
                 }
                 mx.retain(|(_, h)| !h.is_empty());
                 // Equal preferences are shuffled (RFC 5321 §5.1) to spread the load.
@@ -578,22 +613,19 @@ impl Inner {
                 mx
             }
             Err(e) if is_nx(&e) => {
-                return Err(Failure::perm(
-                    "5.1.2",
-                    format!("domain {domain} does not exist"),
-                ));
+                return Err(Failure::NoSuchDomain(domain.to_string()));
             }
             Err(e) if e.is_no_records_found() => {
                 if !self.cfg.implicit_mx {
-                    return Err(Failure::perm("5.1.2", format!("{domain} has no MX record")));
+                    return Err(Failure::NoMx(domain.to_string()));
                 }
                 vec![(0, domain.to_string())]
             }
             Err(e) => {
-                return Err(Failure::temp(
-                    "4.4.3",
-                    format!("MX lookup of {domain} failed: {e}"),
-                ));
+                return Err(Failure::MxLookup {
+                    domain: domain.to_string(),
+                    error: e.to_string(),
+                });
             }
         };
         let mut out: Vec<(u16, Destination)> = Vec::new();
@@ -624,22 +656,19 @@ impl Inner {
         if let Some(p) = self_pref {
             out.retain(|(q, _)| *q < p);
             if out.is_empty() {
-                return Err(Failure::perm(
-                    "5.4.6",
-                    format!("mail for {domain} loops back to myself (I am its best MX)"),
-                ));
+                return Err(Failure::BestMxIsMe(domain.to_string()));
             }
         }
         if out.is_empty() {
             return Err(match temp {
-                Some(e) => Failure::temp(
-                    "4.4.3",
-                    format!("no address for the MX hosts of {domain}: {e}"),
-                ),
+                Some(error) => Failure::MxHostLookup {
+                    domain: domain.to_string(),
+                    error,
+                },
                 None if hosts.len() == 1 && hosts[0].1 == domain => {
-                    Failure::perm("5.1.2", format!("{domain} has no MX and no address"))
+                    Failure::NoMxNoAddress(domain.to_string())
                 }
-                None => Failure::temp("4.4.4", format!("no MX host of {domain} has an address")),
+                None => Failure::NoAddress(domain.to_string()),
             });
         }
         Ok(out.into_iter().map(|(_, d)| d).collect())
@@ -667,17 +696,14 @@ impl Inner {
                 .collect(),
             Err(e) if e.is_no_records_found() => return Ok(None),
             Err(e) => {
-                return Err(Failure::temp(
-                    "4.4.3",
-                    format!("SRV lookup of {name} failed: {e}"),
-                ));
+                return Err(Failure::SrvLookup {
+                    name,
+                    error: e.to_string(),
+                });
             }
         };
         if recs.len() == 1 && recs[0].3.is_empty() {
-            return Err(Failure::perm(
-                "5.1.10",
-                format!("{domain} does not offer SMTP (SRV target '.')"),
-            ));
+            return Err(Failure::NullSrv(domain.to_string()));
         }
         let recs = srv_order(
             recs.into_iter()
@@ -933,6 +959,129 @@ mod tests {
         );
     }
 
+    /// Each cause with its status, permanence and the exact text the old `X.Y.Z message`
+    /// form gave: spools and logs written before hold these texts.
+    #[test]
+    fn failure_status_permanence_and_text() {
+        let s = String::from;
+        let e = || s("timed out");
+        let cases = [
+            (
+                Failure::NoSuchDomain(s("x.test")),
+                "5.1.2",
+                true,
+                "domain x.test does not exist",
+            ),
+            (
+                Failure::NoMx(s("x.test")),
+                "5.1.2",
+                true,
+                "x.test has no MX record",
+            ),
+            (
+                Failure::NoMxNoAddress(s("x.test")),
+                "5.1.2",
+                true,
+                "x.test has no MX and no address",
+            ),
+            (
+                Failure::BadLiteral(s("1.2.3")),
+                "5.1.2",
+                true,
+                "bad address literal [1.2.3]",
+            ),
+            (
+                Failure::NullMx(s("x.test")),
+                "5.1.10",
+                true,
+                "x.test does not accept mail (null MX)",
+            ),
+            (
+                Failure::NullSrv(s("x.test")),
+                "5.1.10",
+                true,
+                "x.test does not offer SMTP (SRV target '.')",
+            ),
+            (
+                Failure::Loop(s("x.test")),
+                "5.4.6",
+                true,
+                "mail for x.test loops back to myself",
+            ),
+            (
+                Failure::BestMxIsMe(s("x.test")),
+                "5.4.6",
+                true,
+                "mail for x.test loops back to myself (I am its best MX)",
+            ),
+            (
+                Failure::NoLmtp(s("x.test")),
+                "4.3.5",
+                false,
+                "x.test is a local domain but no [local] lmtp is configured",
+            ),
+            (
+                Failure::RouteHostNoAddress(s("h.test")),
+                "4.4.3",
+                false,
+                "route host h.test has no address",
+            ),
+            (
+                Failure::HostLookup {
+                    host: s("h.test"),
+                    error: e(),
+                },
+                "4.4.3",
+                false,
+                "looking up h.test: timed out",
+            ),
+            (
+                Failure::MxLookup {
+                    domain: s("x.test"),
+                    error: e(),
+                },
+                "4.4.3",
+                false,
+                "MX lookup of x.test failed: timed out",
+            ),
+            (
+                Failure::SrvLookup {
+                    name: s("_smtp._tcp.x.test."),
+                    error: e(),
+                },
+                "4.4.3",
+                false,
+                "SRV lookup of _smtp._tcp.x.test. failed: timed out",
+            ),
+            (
+                Failure::MxHostLookup {
+                    domain: s("x.test"),
+                    error: s("mx.x.test: timed out"),
+                },
+                "4.4.3",
+                false,
+                "no address for the MX hosts of x.test: mx.x.test: timed out",
+            ),
+            (
+                Failure::NoAddress(s("x.test")),
+                "4.4.4",
+                false,
+                "no MX host of x.test has an address",
+            ),
+            (
+                Failure::Abandoned(s("x.test")),
+                "4.4.3",
+                false,
+                "the lookup of x.test was abandoned",
+            ),
+        ];
+        for (f, status, permanent, text) in cases {
+            assert_eq!(f.status().to_string(), status, "{f:?}");
+            assert_eq!(f.is_permanent(), permanent, "{f:?}");
+            assert_eq!(f.to_string(), format!("{status} {text}"));
+        }
+    }
+
     #[test]
     fn resolve_is_send() {
         fn send<T: Send>(_: T) {}
@@ -963,7 +1112,10 @@ mod tests {
         for f in &failures {
             assert_eq!(f, &failures[0]);
             let f = f.as_ref().unwrap_err();
-            assert!(!f.permanent && f.status == "4.4.3", "{f}");
+            assert!(
+                !f.is_permanent() && f.status() == EnhancedCode::new(4, 4, 3),
+                "{f}"
+            );
         }
         assert!(r.inner.lock_in_flight().is_empty());
         // Once finished, the next call is a new lookup: results are not kept.
@@ -998,7 +1150,7 @@ mod tests {
                 .unwrap()
                 .unwrap_err();
             // The lookup itself went on and its answer (a timeout) reached the second caller.
-            assert!(!f.message.contains("abandoned"), "{f}");
+            assert!(!f.to_string().contains("abandoned"), "{f}");
             assert_eq!(r.lookups_performed(), 1);
         });
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use config::{RouteTable, RouteTarget};
 use resolver::{Destination, Resolver, ResolverConfig};
+use smtp_proto::EnhancedCode;
 
 struct Dnsmasq {
     child: Child,
@@ -146,9 +147,15 @@ fn mx_preference_null_mx_nxdomain_implicit_mx() {
             ["a.test[127.0.0.2]:2525", "b.test[127.0.0.3]:2525"]
         );
         let f = r.resolve("nullmx.test").await.unwrap_err();
-        assert!(f.permanent && f.status == "5.1.10", "{f}");
+        assert!(
+            f.is_permanent() && f.status() == EnhancedCode::new(5, 1, 10),
+            "{f}"
+        );
         let f = r.resolve("nope.test").await.unwrap_err();
-        assert!(f.permanent && f.status == "5.1.2", "{f}");
+        assert!(
+            f.is_permanent() && f.status() == EnhancedCode::new(5, 1, 2),
+            "{f}"
+        );
         // No MX but an address: the implicit MX of RFC 5321 §5.1.
         assert_eq!(
             addrs(&r.resolve("host.test").await.unwrap()),
@@ -156,7 +163,7 @@ fn mx_preference_null_mx_nxdomain_implicit_mx() {
         );
         // MX host without an address.
         let f = r.resolve("dangling.test").await.unwrap_err();
-        assert!(!f.permanent, "{f}");
+        assert!(!f.is_permanent(), "{f}");
     });
     // A name server that does not answer is a temporary failure, never a bounce.
     let mut c = cfg(&dns);
@@ -164,12 +171,15 @@ fn mx_preference_null_mx_nxdomain_implicit_mx() {
     c.timeout = Duration::from_millis(300);
     let r = Resolver::new(c).unwrap();
     let f = rt().block_on(r.resolve("mx.test")).unwrap_err();
-    assert!(!f.permanent && f.status == "4.4.3", "{f}");
+    assert!(
+        !f.is_permanent() && f.status() == EnhancedCode::new(4, 4, 3),
+        "{f}"
+    );
     let mut c = cfg(&dns);
     c.implicit_mx = false;
     let r = Resolver::new(c).unwrap();
     let f = rt().block_on(r.resolve("host.test")).unwrap_err();
-    assert!(f.permanent, "{f}");
+    assert!(f.is_permanent(), "{f}");
 }
 
 #[test]
@@ -184,7 +194,10 @@ fn mx_pointing_at_myself() {
     let r = Resolver::new(cfg(&dns)).unwrap();
     rt().block_on(async {
         let f = r.resolve("loop.test").await.unwrap_err();
-        assert!(f.permanent && f.status == "5.4.6", "{f}");
+        assert!(
+            f.is_permanent() && f.status() == EnhancedCode::new(5, 4, 6),
+            "{f}"
+        );
         // We are the backup: only the better MX is used.
         assert_eq!(
             addrs(&r.resolve("backup.test").await.unwrap()),
@@ -192,7 +205,7 @@ fn mx_pointing_at_myself() {
         );
         // We are the best MX: worse ones must not be used (RFC 5321 §5.1).
         let f = r.resolve("primary.test").await.unwrap_err();
-        assert_eq!(f.status, "5.4.6", "{f}");
+        assert_eq!(f.status(), EnhancedCode::new(5, 4, 6), "{f}");
     });
 }
 
@@ -245,7 +258,7 @@ fn srv_routes_and_local_lmtp() {
         assert_eq!(d[0].socket_addr(), Some("127.0.0.1:24".parse().unwrap()));
         // A route to our own listener would loop forever.
         let f = r.resolve("self.test").await.unwrap_err();
-        assert_eq!(f.status, "5.4.6");
+        assert_eq!(f.status(), EnhancedCode::new(5, 4, 6));
         // Address literals skip DNS.
         assert_eq!(
             addrs(&r.resolve("[127.0.0.7]").await.unwrap()),
