@@ -543,6 +543,7 @@ impl<D: Deliver> Manager<D> {
         }
         let now = Instant::now();
         let mut retry = Vec::new();
+        let mut incomplete = false;
         let mut touched = Vec::new();
         for rec in &report.results {
             let r = &rec.result;
@@ -564,10 +565,15 @@ impl<D: Deliver> Manager<D> {
                 m.open = m.open.saturating_sub(1);
             }
             if rc.state == RcptState::Deferred {
-                retry.push(Pair {
-                    id: r.id,
-                    rcpt: r.index,
-                });
+                incomplete = true;
+                // Held while the attempt ran: it stays queued but off the schedule until
+                // released (release puts its open recipients back).
+                if !m.env.held {
+                    retry.push(Pair {
+                        id: r.id,
+                        rcpt: r.index,
+                    });
+                }
             }
             if rc.state == RcptState::Failed && m.env.kind == spool::MessageKind::DoubleBounce {
                 tracing::warn!(queue_id = %r.id, to = %rc.address, "double bounce undeliverable; dropped");
@@ -580,18 +586,17 @@ impl<D: Deliver> Manager<D> {
         // Not recorded, so not final: the recipient keeps the state the spool has for it
         // (and its try count) and goes back to its domain.
         for r in &report.unrecorded {
-            if self
-                .messages
-                .get(&r.id)
-                .is_some_and(|m| m.env.recipients.get(usize::from(r.index)).is_some())
-            {
+            incomplete = true;
+            if self.messages.get(&r.id).is_some_and(|m| {
+                !m.env.held && m.env.recipients.get(usize::from(r.index)).is_some()
+            }) {
                 retry.push(Pair {
                     id: r.id,
                     rcpt: r.index,
                 });
             }
         }
-        let outcome = if retry.is_empty() {
+        let outcome = if !incomplete {
             AttemptOutcome::Complete
         } else {
             AttemptOutcome::Incomplete
