@@ -6,6 +6,8 @@
 //! of [`KEYS`] that the example file is checked against and [`reference_markdown`] renders
 //! all come from it. Defaults are TOML text read by the key's own parser, so a default is
 //! always something the parser accepts and the example file can show it verbatim.
+//!
+//! Its length is the table itself: one row per key, nothing else to split.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -4,6 +4,9 @@
 //!
 //! A key's row in `keys.rs` names its kind; everything the parser does with that key goes
 //! through the kind, so two keys of one kind cannot drift apart in what they accept.
+//!
+//! Its length is one short block per kind of value, each independent of the others; the
+//! property tests are in `kinds/tests.rs`.
 
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};

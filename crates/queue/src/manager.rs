@@ -3,6 +3,10 @@
 //! their per-recipient results (already durable in the spool; those the spool could not
 //! record are not acted on), and the control socket asks it questions; all through one typed
 //! channel, answered over oneshots.
+//!
+//! Longer than most files here on purpose: the loop and the transitions it makes (arrival,
+//! attempt start and end, DSN, settle) change the same state and are read together; the
+//! administrator's side is in `manager/admin.rs`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

@@ -1,5 +1,8 @@
 //! The client machine itself: its states, each carrying what it knows, and the replies
 //! that move it from one to the next.
+//!
+//! A little over 600 lines: every state's handling of a reply is here, so the whole
+//! conversation can be followed in one place.
 
 use std::collections::VecDeque;
 
