@@ -12,6 +12,9 @@ use super::replies;
 use super::state::{Chunk, ContentError, DataState, State, Txn};
 use super::{Action, Commit, Machine, MilterCall, Pending, ReadKind, Verdict};
 
+/// What one read of DATA decodes into, at most (the connection reads 64 KiB at a time).
+const DECODE_CHUNK: usize = 64 * 1024;
+
 /// What the content is being opened for.
 pub(super) enum Opening {
     Data,
@@ -119,6 +122,9 @@ impl Machine {
             return self.read(ReadKind::Content);
         }
         d.fresh = false;
+        // One read's worth up front: grown from nothing, the buffer was reallocated and
+        // copied several times per message (most sessions carry one message).
+        self.decoded.reserve(DECODE_CHUNK);
         let end = d.decoder.decode(&mut self.input, &mut self.decoded);
         d.ended = end.is_some();
         if !self.decoded.is_empty() {
