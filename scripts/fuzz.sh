@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-60}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(command reply data content spool_record config milter)
+  targets=(command reply data content spool_record config milter server_session client_session)
 fi
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
