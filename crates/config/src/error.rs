@@ -302,6 +302,14 @@ mod tests {
                 "g.toml:2:11: key 'delivery.backoff': the retry schedule needs at least one step",
             ),
             (
+                "[delivery]\nretry_jitter = 0.6\n",
+                "g.toml:2:16: key 'delivery.retry_jitter': must be a number from 0 to 0.5",
+            ),
+            (
+                "[delivery]\nretry_jitter = \"10%\"\n",
+                "g.toml:2:16: key 'delivery.retry_jitter': expected a number from 0 to 0.5, found string",
+            ),
+            (
                 "[delivery]\nself_addresses = [\"x\"]\n",
                 "g.toml:2:19: key 'delivery.self_addresses': 'x' is not an IP address",
             ),
@@ -311,7 +319,7 @@ mod tests {
             ),
             (
                 "[delivery]\nqqqqqqqqqqqqq = true\n",
-                "g.toml:2:1: key 'delivery.qqqqqqqqqqqqq': unknown key (known here: enabled, concurrency, port, backoff, max_queue_time, delay_warning, self_addresses, implicit_mx, ipv6, srv, helo, transcript, source_address, messages_per_connection, connect_timeout, greeting_timeout, mail_timeout, rcpt_timeout, data_timeout, data_block_timeout, data_done_timeout, tls, tls_ca_file)",
+                "g.toml:2:1: key 'delivery.qqqqqqqqqqqqq': unknown key (known here: enabled, concurrency, port, backoff, retry_jitter, max_queue_time, delay_warning, self_addresses, implicit_mx, ipv6, srv, helo, transcript, source_address, messages_per_connection, connect_timeout, greeting_timeout, mail_timeout, rcpt_timeout, data_timeout, data_block_timeout, data_done_timeout, tls, tls_ca_file)",
             ),
             (
                 "[[milter]]\naddress = \"\"\n",

@@ -253,6 +253,9 @@ keys! {
             "Port for MX and host destinations that name none.";
         backoff: Vec<Duration> as Backoff = r#"["1m", "5m", "30m", "1h", "2h", "4h", "8h", "16h", "24h"]"#,
             "Waits between delivery attempts, in order.";
+        /// Spreads retries of domains that failed together (no standing waves).
+        retry_jitter: f64 as Fraction<50> = "0.1",
+            "Each retry wait varies at random by up to this share either way (0.1: ±10 %).";
         max_queue_time: Duration as Dur = r#""5d""#,
             "After this long in the queue, a message is bounced.";
         /// `"0s"` also turns them off.

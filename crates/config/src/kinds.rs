@@ -46,6 +46,10 @@ pub enum ValueKind {
     HostName,
     LmtpAddress,
     MilterAddress,
+    /// A number from 0 to `max_percent` / 100 (a share, such as a jitter of 0.1).
+    Fraction {
+        max_percent: u64,
+    },
     /// One of these words (synonyms such as Postfix's are accepted but not listed).
     OneOf(&'static [&'static str]),
 }
@@ -78,6 +82,9 @@ impl std::fmt::Display for ValueKind {
             }
             ValueKind::MilterAddress => {
                 f.write_str("milter address: \"inet:127.0.0.1:8891\", \"unix:/path\"")
+            }
+            ValueKind::Fraction { max_percent } => {
+                write!(f, "number, 0 to {}", *max_percent as f64 / 100.0)
             }
             ValueKind::OneOf(words) => write!(f, "one of {}", words.join(", ")),
         }
@@ -292,6 +299,45 @@ impl Kind for Backoff {
     #[cfg(test)]
     fn render(v: &Vec<Duration>) -> Option<String> {
         Some(array(v.iter().filter_map(Dur::render)))
+    }
+}
+
+/// A share from 0 to `MAX_PERCENT` / 100, written as a TOML number (`0.1`, or `0`). The
+/// bound is in percent because a const generic cannot be a float.
+pub(crate) struct Fraction<const MAX_PERCENT: u64>;
+
+impl<const MAX_PERCENT: u64> Kind for Fraction<MAX_PERCENT> {
+    type Value = f64;
+    const KIND: ValueKind = ValueKind::Fraction {
+        max_percent: MAX_PERCENT,
+    };
+
+    fn read(w: &mut Walker<'_>, v: &V<'_>, key: &str) -> Option<f64> {
+        let max = MAX_PERCENT as f64 / 100.0;
+        let x = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
+            other => {
+                let msg = format!(
+                    "expected a number from 0 to {max}, found {}",
+                    other.type_str()
+                );
+                w.error(v, key, &msg);
+                return None;
+            }
+        };
+        // NaN and infinities fail the range check too.
+        let x = x.filter(|x| (0.0..=max).contains(x));
+        if x.is_none() {
+            w.error(v, key, &format!("must be a number from 0 to {max}"));
+        }
+        x
+    }
+
+    #[cfg(test)]
+    fn render(v: &f64) -> Option<String> {
+        // `{:?}` keeps the decimal point TOML needs to read a float back.
+        Some(format!("{v:?}"))
     }
 }
 

@@ -415,6 +415,8 @@ fn queue_manager(
         deliverer,
         Settings {
             backoff: cfg.delivery.backoff.clone(),
+            retry_jitter: cfg.delivery.retry_jitter,
+            jitter_seed: None,
             concurrency: cfg.delivery.concurrency,
             messages_per_connection: cfg.delivery.messages_per_connection,
             max_queue_time: cfg.delivery.max_queue_time,

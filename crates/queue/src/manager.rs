@@ -19,6 +19,9 @@ use spool::{Envelope, MessageRef, RcptState, Spool, TxnId, Update};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
 use super::schedule::{AttemptOutcome, DomainId, Scheduler, rcpt_domain};
 use crate::api::{Request, Response};
 use crate::job::{Attempt, AttemptReport, Deliver, JobMessage, JobRecipient};
@@ -102,6 +105,10 @@ impl QueueHandle {
 
 pub struct Settings {
     pub backoff: Vec<Duration>,
+    /// Each retry wait is scaled by a random factor in [1 - this, 1 + this] (0 to 0.5).
+    pub retry_jitter: f64,
+    /// Seeds the jitter's randomness (tests); `None`: seeded from the operating system.
+    pub jitter_seed: Option<u64>,
     pub concurrency: usize,
     pub messages_per_connection: usize,
     pub max_queue_time: Duration,
@@ -164,7 +171,12 @@ fn schedulable(env: &Envelope) -> (usize, Vec<(String, Pair)>) {
 impl<D: Deliver> Manager<D> {
     pub fn new(spool: Spool, deliverer: Arc<D>, settings: Settings) -> (Self, QueueHandle) {
         let (tx, rx) = mpsc::channel(4096);
-        let sched = Scheduler::new(settings.backoff.clone(), settings.concurrency);
+        let rng = match settings.jitter_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let sched = Scheduler::new(settings.backoff.clone(), settings.concurrency)
+            .with_jitter(settings.retry_jitter, rng);
         let m = Manager {
             messages: HashMap::new(),
             sched,

@@ -8,7 +8,10 @@
 //! Schedule rules (the seed leaves the fine print open; these are ours):
 //! - an attempt that delivers everything it tried resets the domain to level 0 (healthy);
 //! - a *scheduled* attempt (one that started at or after the domain's next-attempt time) that
-//!   fails to deliver everything advances the level and sets next = now + backoff[level];
+//!   fails to deliver everything advances the level and sets next = now + backoff[level],
+//!   that wait scaled by a random factor in [1 - jitter, 1 + jitter] so that domains which
+//!   failed together (a resolver or network outage) do not all come due at the same instant
+//!   again and again (a standing wave of retries);
 //! - an *immediate* attempt triggered by new mail before that time that fails leaves the
 //!   schedule exactly where it was ("retries continue on the current schedule").
 //!
@@ -27,6 +30,9 @@ pub fn rcpt_domain(address: &str) -> String {
     }
 }
 use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 // The runtime's clock, so the manager can be tested with paused time; without a paused
 // runtime it is the monotonic clock.
@@ -73,6 +79,10 @@ pub struct ScheduleState {
 #[derive(Debug)]
 pub struct Scheduler<T> {
     backoff: Vec<Duration>,
+    /// Share of each retry wait drawn at random either way; 0 = exact waits.
+    jitter: f64,
+    /// The randomness is passed in so tests can seed it and assert exact bounds.
+    rng: StdRng,
     concurrency: usize,
     in_flight: usize,
     domains: Vec<Option<Domain<T>>>,
@@ -84,11 +94,15 @@ pub struct Scheduler<T> {
 }
 
 impl<T> Scheduler<T> {
-    /// `backoff` must not be empty (the configuration guarantees it).
+    /// `backoff` must not be empty (the configuration guarantees it). Retry waits are exact
+    /// until [`Scheduler::with_jitter`] says otherwise.
     pub fn new(backoff: Vec<Duration>, concurrency: usize) -> Self {
         assert!(!backoff.is_empty(), "backoff schedule is empty");
         Scheduler {
             backoff,
+            jitter: 0.0,
+            // Never drawn from while the jitter is 0.
+            rng: StdRng::seed_from_u64(0),
             concurrency: concurrency.max(1),
             in_flight: 0,
             domains: Vec::new(),
@@ -98,6 +112,30 @@ impl<T> Scheduler<T> {
             ready: VecDeque::new(),
             pairs: 0,
         }
+    }
+
+    /// Scales every retry wait this scheduler sets by a factor drawn from `rng` in
+    /// [1 - `jitter`, 1 + `jitter`]. `jitter` is clamped to 0..=0.5 (what the configuration
+    /// allows): a wait must stay positive, and a wider spread would blur the schedule.
+    pub fn with_jitter(mut self, jitter: f64, rng: StdRng) -> Self {
+        // NaN, which the configuration never gives, would poison every wait: treat as 0.
+        self.jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 0.5)
+        };
+        self.rng = rng;
+        self
+    }
+
+    /// The wait before the retry at backoff step `step`, jittered.
+    fn retry_wait(&mut self, step: Duration) -> Duration {
+        if self.jitter == 0.0 {
+            return step;
+        }
+        let factor = self.rng.random_range(1.0 - self.jitter..=1.0 + self.jitter);
+        // Only a wait near Duration::MAX can fail to scale; it then stays as configured.
+        Duration::try_from_secs_f64(step.as_secs_f64() * factor).unwrap_or(step)
     }
 
     #[cfg(test)]
@@ -288,7 +326,16 @@ impl<T> Scheduler<T> {
     /// were handed out; `outcome` decides the schedule.
     pub fn finish(&mut self, id: DomainId, retry: Vec<T>, outcome: AttemptOutcome, now: Instant) {
         self.in_flight -= 1;
-        let backoff = self.backoff.clone();
+        // The next wait, drawn before the domain is borrowed, and only for a failed
+        // scheduled attempt: the one case that sets a new retry time.
+        let d = self.dom(id);
+        let step = self.backoff[(d.level as usize).min(self.backoff.len() - 1)];
+        let sets_retry = outcome == AttemptOutcome::Incomplete && !d.probe;
+        let wait = if sets_retry {
+            self.retry_wait(step)
+        } else {
+            step
+        };
         let d = self.dom_mut(id);
         d.busy = false;
         let probe = d.probe;
@@ -311,9 +358,8 @@ impl<T> Scheduler<T> {
                 }
             }
             AttemptOutcome::Incomplete => {
-                let step = backoff[(d.level as usize).min(backoff.len() - 1)];
                 d.level += 1;
-                let t = now + step;
+                let t = now + wait;
                 d.next_attempt = Some(t);
                 self.timers.push(Reverse((t, id)));
             }
@@ -487,5 +533,85 @@ mod tests {
         assert!(s.start_next(t0, 10).is_none());
         assert_eq!(s.next_wakeup(), Some(t0 + secs(10)));
         assert!(s.start_next(t0 + secs(10), 10).is_some());
+    }
+
+    /// The wait a scheduler with `jitter` sets after one failed scheduled attempt at each
+    /// level of `backoff`, for a domain that keeps failing.
+    fn jittered_waits(jitter: f64, seed: u64, backoff: &[Duration], n: usize) -> Vec<Duration> {
+        let t0 = Instant::now();
+        let mut s =
+            Scheduler::new(backoff.to_vec(), 10).with_jitter(jitter, StdRng::seed_from_u64(seed));
+        s.add_new("a.test", 1, t0);
+        let mut now = t0;
+        let mut waits = vec![];
+        for _ in 0..n {
+            let (id, batch) = s.start_next(now, 100).unwrap();
+            s.finish(id, batch, AttemptOutcome::Incomplete, now);
+            let next = s.next_wakeup().unwrap();
+            waits.push(next - now);
+            now = next;
+        }
+        waits
+    }
+
+    #[test]
+    fn jittered_retry_waits_stay_within_the_window_and_fill_both_halves() {
+        let j = 0.1;
+        let b = secs(600);
+        let (lo, hi) = (b.mul_f64(1.0 - j), b.mul_f64(1.0 + j));
+        let (mut below, mut above) = (0, 0);
+        for seed in 0..20 {
+            for w in jittered_waits(j, seed, &[b], 50) {
+                assert!(lo <= w && w <= hi, "wait {w:?} outside [{lo:?}, {hi:?}]");
+                if w < b {
+                    below += 1;
+                } else if w > b {
+                    above += 1;
+                }
+            }
+        }
+        // 1,000 draws, uniform over the window: each half gets about 500.
+        assert!(below > 300 && above > 300, "below {below}, above {above}");
+    }
+
+    #[test]
+    fn jitter_scales_each_level_of_the_schedule() {
+        let j = 0.5;
+        let backoff = [secs(60), secs(300), secs(3600)];
+        let waits = jittered_waits(j, 7, &backoff, 5);
+        for (i, w) in waits.iter().enumerate() {
+            let b = backoff[i.min(backoff.len() - 1)];
+            assert!(
+                b.mul_f64(1.0 - j) <= *w && *w <= b.mul_f64(1.0 + j),
+                "level {i}: wait {w:?} for backoff {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_is_reproducible_from_its_seed_and_zero_jitter_is_exact() {
+        let backoff = [secs(1), secs(2), secs(4)];
+        assert_eq!(
+            jittered_waits(0.2, 42, &backoff, 6),
+            jittered_waits(0.2, 42, &backoff, 6)
+        );
+        assert_eq!(
+            jittered_waits(0.0, 42, &backoff, 4),
+            [secs(1), secs(2), secs(4), secs(4)]
+        );
+    }
+
+    #[test]
+    fn a_failed_probe_draws_no_new_wait() {
+        let t0 = Instant::now();
+        let mut s = sched().with_jitter(0.5, StdRng::seed_from_u64(1));
+        s.add_new("a.test", 1, t0);
+        let (id, b) = s.start_next(t0, 100).unwrap();
+        s.finish(id, b, AttemptOutcome::Incomplete, t0);
+        let before = s.state(id);
+        s.add_new("a.test", 2, t0);
+        let (id, b) = s.start_next(t0, 100).unwrap();
+        s.finish(id, b, AttemptOutcome::Incomplete, t0);
+        assert_eq!(s.state(id), before, "the jittered retry time stands");
     }
 }

@@ -35,7 +35,56 @@ struct Script {
     hold: Duration,
     /// Domains that always get the same answer, whatever the script says.
     fixed: Vec<(&'static str, &'static str)>,
+    /// Each domain's first attempt reports only once this many first attempts have their
+    /// results written, so that they all fail at the same instant: on a paused clock, time
+    /// would otherwise jump to the first retry while the others wait for the spool.
+    first_round: Option<(
+        tokio::sync::Barrier,
+        Mutex<std::collections::HashSet<String>>,
+    )>,
 }
+
+/// A temporary resolver failure of each kind, named as the script names it.
+fn dns_failure(what: &str) -> Option<resolver::Failure> {
+    use resolver::Failure::*;
+    let d = || "dst.test".to_string();
+    let e = || "timed out".to_string();
+    Some(match what {
+        "dns-route-host" => RouteHostNoAddress(d()),
+        "dns-host" => HostLookup {
+            host: d(),
+            error: e(),
+        },
+        "dns-mx" => MxLookup {
+            domain: d(),
+            error: e(),
+        },
+        "dns-srv" => SrvLookup {
+            name: format!("_smtp._tcp.{}", d()),
+            error: e(),
+        },
+        "dns-mx-host" => MxHostLookup {
+            domain: d(),
+            error: e(),
+        },
+        "dns-no-address" => NoAddress(d()),
+        "dns-abandoned" => Abandoned(d()),
+        "dns-no-lmtp" => NoLmtp(d()),
+        _ => return None,
+    })
+}
+
+/// Every temporary resolver failure the script knows.
+const DNS_FAILURES: &[&str] = &[
+    "dns-route-host",
+    "dns-host",
+    "dns-mx",
+    "dns-srv",
+    "dns-mx-host",
+    "dns-no-address",
+    "dns-abandoned",
+    "dns-no-lmtp",
+];
 
 impl Deliver for Script {
     async fn run(&self, attempt: Attempt) -> AttemptReport {
@@ -65,12 +114,19 @@ impl Deliver for Script {
             at: Instant::now(),
         });
         tokio::time::sleep(self.hold).await;
-        let reply = match what {
-            "250" => Reply::new(250, Some(EnhancedCode::new(2, 0, 0)), "ok"),
-            "450" => Reply::new(450, Some(EnhancedCode::new(4, 2, 0)), "try later"),
-            _ => Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "no such user"),
+        let outcome = match dns_failure(what) {
+            // As the deliverer turns a resolver failure into an outcome.
+            Some(f) if f.is_permanent() => RcptOutcome::failed(f.status(), f.to_string()),
+            Some(f) => RcptOutcome::deferred(f.status(), f.to_string()),
+            None => {
+                let reply = match what {
+                    "250" => Reply::new(250, Some(EnhancedCode::new(2, 0, 0)), "ok"),
+                    "450" => Reply::new(450, Some(EnhancedCode::new(4, 2, 0)), "try later"),
+                    _ => Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "no such user"),
+                };
+                RcptOutcome::from_reply("sink".into(), reply, spool::Handoff::Unknown)
+            }
         };
-        let outcome = RcptOutcome::from_reply("sink".into(), reply, spool::Handoff::Unknown);
         let mut rec = attempt.recorder;
         for m in &attempt.messages {
             rec.record(
@@ -85,6 +141,14 @@ impl Deliver for Script {
             );
         }
         let (results, unrecorded) = rec.finish().await;
+        // The lock is released inside the closure, before waiting.
+        let first = self
+            .first_round
+            .as_ref()
+            .filter(|(_, seen)| seen.lock().unwrap().insert(attempt.domain_name.clone()));
+        if let Some((barrier, _)) = first {
+            barrier.wait().await;
+        }
         AttemptReport {
             domain: attempt.domain,
             domain_name: attempt.domain_name,
@@ -112,6 +176,37 @@ fn world_with(
     hold: Duration,
     fixed: Vec<(&'static str, &'static str)>,
 ) -> World {
+    world_opts(
+        outcomes,
+        Opts {
+            hold,
+            fixed,
+            ..Opts::default()
+        },
+    )
+}
+
+/// How a world differs from the plain one.
+#[derive(Default)]
+struct Opts {
+    hold: Duration,
+    fixed: Vec<(&'static str, &'static str)>,
+    /// `delivery.retry_jitter`; 0 keeps the retry times exact.
+    jitter: f64,
+    /// Attempts at once; 0: 10.
+    concurrency: usize,
+    /// Domains whose first attempts all report together (see `Script::first_round`).
+    first_round: usize,
+}
+
+fn world_opts(outcomes: &[&'static str], o: Opts) -> World {
+    let Opts {
+        hold,
+        fixed,
+        jitter,
+        concurrency,
+        first_round,
+    } = o;
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = spool::open(SpoolConfig::new(dir.path())).unwrap();
     let (tx, seen) = mpsc::unbounded_channel();
@@ -120,13 +215,18 @@ fn world_with(
         seen: tx,
         hold,
         fixed,
+        first_round: (first_round > 0)
+            .then(|| (tokio::sync::Barrier::new(first_round), Mutex::default())),
     });
     let (manager, queue) = Manager::new(
         spool.clone(),
         script,
         Settings {
             backoff: vec![Duration::from_secs(60), Duration::from_secs(300)],
-            concurrency: 10,
+            retry_jitter: jitter,
+            // Fixed, so that a failure reproduces.
+            jitter_seed: Some(5),
+            concurrency: if concurrency == 0 { 10 } else { concurrency },
             messages_per_connection: 100,
             max_queue_time: Duration::from_secs(5 * 86_400),
             delivery_enabled: true,
@@ -437,5 +537,107 @@ async fn a_hundred_failures_at_once_all_get_their_dsn_when_only_64_are_made_at_a
             tokio::task::yield_now().await;
         }
     }
+    w.stop().await;
+}
+
+/// The bounds of a wait of `b` jittered by `j`.
+fn window(b: u64, j: f64) -> (Duration, Duration) {
+    let b = Duration::from_secs(b);
+    (b.mul_f64(1.0 - j), b.mul_f64(1.0 + j))
+}
+
+#[tokio::test(start_paused = true)]
+async fn temporary_dns_failures_of_every_kind_defer_and_follow_the_jittered_schedule() {
+    for kind in DNS_FAILURES {
+        let f = dns_failure(kind).unwrap();
+        assert!(!f.is_permanent(), "{kind}: {f}");
+    }
+    let j = 0.1;
+    // Every kind in turn, then the last one for good.
+    let mut w = world_opts(
+        DNS_FAILURES,
+        Opts {
+            jitter: j,
+            ..Opts::default()
+        },
+    );
+    let id = w.submit(&["a@dst.test"]).await;
+    let mut prev = w.next().await;
+    // The first retry waits backoff[0] = 60 s, every later one backoff[1] = 300 s, each
+    // within the jitter: no DNS failure starts a fast loop of its own.
+    let mut waits = Vec::new();
+    for (n, kind) in DNS_FAILURES.iter().enumerate().skip(1) {
+        w.settled(id, "deferred").await;
+        let attempt = w.next().await;
+        let waited = attempt.at - prev.at;
+        let (lo, hi) = window(if n == 1 { 60 } else { 300 }, j);
+        assert!(
+            lo <= waited && waited <= hi,
+            "attempt {n} ({kind}) after {waited:?}, not within [{lo:?}, {hi:?}]"
+        );
+        waits.push(waited);
+        prev = attempt;
+    }
+    w.settled(id, "deferred").await;
+    let m = w.show(id).await;
+    assert_eq!(m.recipients[0].state, "deferred", "still queued: {m:?}");
+    assert!(
+        waits[1..].iter().any(|x| *x != waits[1]),
+        "the jitter varies the waits: {waits:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_domains_failing_together_do_not_retry_together() {
+    const N: usize = 1000;
+    let j = 0.1;
+    let mut w = world_opts(
+        &["dns-mx"],
+        Opts {
+            jitter: j,
+            concurrency: N,
+            first_round: N,
+            ..Opts::default()
+        },
+    );
+    let rcpts: Vec<String> = (0..N).map(|i| format!("a@d{i}.test")).collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    w.submit(&rcpts).await;
+    let mut first = std::collections::HashMap::new();
+    let mut retry = std::collections::HashMap::new();
+    while retry.len() < N {
+        let s = w.next().await;
+        if let Some(t0) = first.get(&s.domain) {
+            assert!(
+                retry.insert(s.domain.clone(), s.at - *t0).is_none(),
+                "{} tried a third time before every domain was retried once",
+                s.domain
+            );
+        } else {
+            first.insert(s.domain, s.at);
+        }
+    }
+    let t0 = *first.values().min().unwrap();
+    assert!(
+        first.values().all(|t| *t == t0),
+        "every first attempt at the same instant"
+    );
+    let (lo, hi) = window(60, j);
+    let min = *retry.values().min().unwrap();
+    let max = *retry.values().max().unwrap();
+    assert!(lo <= min && max <= hi, "retries over [{min:?}, {max:?}]");
+    // Uniform over a 12 s window: 1,000 draws cover nearly all of it.
+    assert!(
+        max - min > (hi - lo).mul_f64(0.8),
+        "retries spread over only {:?}",
+        max - min
+    );
+    let distinct: std::collections::HashSet<_> = retry.values().collect();
+    assert!(
+        distinct.len() > N * 9 / 10,
+        "{} distinct retry times for {N} domains",
+        distinct.len()
+    );
     w.stop().await;
 }

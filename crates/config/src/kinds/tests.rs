@@ -106,6 +106,11 @@ proptest! {
     }
 
     #[test]
+    fn fractions(f in 0.0f64..=0.5) {
+        round_trip::<Fraction<50>>(&f)?;
+    }
+
+    #[test]
     fn durations(d in duration(), steps in prop::collection::vec(duration(), 1..6)) {
         round_trip::<Dur>(&d)?;
         round_trip::<DurOrOff>(&Some(d).filter(|d| !d.is_zero()))?;
