@@ -200,8 +200,11 @@ fn encrypt_never_falls_back() {
     wait_for("both deferred", Duration::from_secs(10), || {
         d.queue_json().as_array().is_some_and(|l| {
             l.len() == 2
-                && l.iter()
-                    .all(|m| m["recipients"][0]["last_error"].as_str().unwrap_or("") != "")
+                && l.iter().all(|m| {
+                    m["recipients"][0]["last_error"]
+                        .as_str()
+                        .is_some_and(|e| !e.is_empty())
+                })
         })
     });
     assert_eq!(peer.count("MAIL"), 0, "{:?}", peer.events());
