@@ -319,7 +319,7 @@ mod tests {
             ),
             (
                 "[delivery]\nqqqqqqqqqqqqq = true\n",
-                "g.toml:2:1: key 'delivery.qqqqqqqqqqqqq': unknown key (known here: enabled, concurrency, port, backoff, retry_jitter, max_queue_time, delay_warning, self_addresses, implicit_mx, ipv6, srv, helo, transcript, source_address, messages_per_connection, connect_timeout, greeting_timeout, mail_timeout, rcpt_timeout, data_timeout, data_block_timeout, data_done_timeout, tls, tls_ca_file)",
+                "g.toml:2:1: key 'delivery.qqqqqqqqqqqqq': unknown key (known here: enabled, concurrency, port, backoff, retry_jitter, max_queue_time, delay_warning, self_addresses, implicit_mx, ipv6, srv, helo, transcript, source_address, messages_per_connection, connect_timeout, greeting_timeout, mail_timeout, rcpt_timeout, data_timeout, data_block_timeout, data_done_timeout, tls, tls_broken_for, tls_ca_file)",
             ),
             (
                 "[[milter]]\naddress = \"\"\n",

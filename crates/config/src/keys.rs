@@ -294,6 +294,9 @@ keys! {
             "Time allowed for the reply after the final dot.";
         tls: TlsPolicy as Word<TlsPolicy> = r#""opportunistic""#,
             "STARTTLS outbound: none, may (opportunistic), encrypt or verify.";
+        /// Only `may` reads it; `"0s"` remembers nothing.
+        tls_broken_for: Duration as Dur = r#""1h""#,
+            "After a failed handshake under may, send to that host without STARTTLS this long.";
         /// Default: the system bundle.
         tls_ca_file: Option<PathBuf> as Opt<Path>,
             "CA certificates (PEM) for verify; default: the system's.";

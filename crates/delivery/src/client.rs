@@ -170,7 +170,7 @@ impl Client {
         )
         .await
         .map_err(|_| SessionError::Timeout(self.relay.clone()))?
-        .map_err(|e| SessionError::Tls(self.relay.clone(), e.to_string()))?;
+        .map_err(|e| SessionError::TlsHandshake(self.relay.clone(), e.to_string()))?;
         self.io = Box::new(tls);
         Ok(())
     }

@@ -10,6 +10,7 @@
 use queue::{Attempt, AttemptReport, JobMessage, RcptOutcome, RcptResult, Recorder};
 use spool::TxnId;
 
+pub mod broken_tls;
 pub mod client;
 pub mod counters;
 pub mod protocol;
@@ -36,6 +37,9 @@ pub struct Deliverer {
     pub counters: std::sync::Arc<crate::Counters>,
     /// `[tls_policy]`: per destination domain, overriding `settings.delivery.tls`.
     pub tls_policy: config::RouteTable<config::TlsPolicy>,
+    /// Hosts whose STARTTLS handshake failed lately (`delivery.tls_broken_for`): under
+    /// opportunistic TLS they get plaintext without a handshake attempt.
+    pub broken_tls: broken_tls::BrokenTls,
 }
 
 /// Counts an open outbound connection for as long as it lives.
@@ -158,7 +162,49 @@ impl Deliverer {
         }
     }
 
+    /// Connects to `dest` and greets it. Under opportunistic TLS a failed handshake does not
+    /// strand the mail: the same address is tried again at once in plaintext, and the host
+    /// is remembered so that the next connections skip STARTTLS. Policies that demand TLS
+    /// fail here as before, and never read the memory.
     async fn open(
+        &self,
+        dest: &Destination,
+        settings: &ClientSettings,
+        pending: &VecDeque<JobMessage>,
+    ) -> Result<Client, SessionError> {
+        let host = match dest.socket_addr() {
+            Some(addr) if settings.delivery.tls == config::TlsPolicy::Opportunistic => {
+                Some((dest.host().to_owned(), addr))
+            }
+            _ => None,
+        };
+        let plain = || {
+            let mut s = settings.clone();
+            s.delivery.tls = config::TlsPolicy::None;
+            s
+        };
+        let now = std::time::Instant::now();
+        if let Some(h) = &host
+            && self.broken_tls.is_broken(h, now)
+        {
+            return self.connect(dest, &plain()).await;
+        }
+        let first = self.connect(dest, settings).await;
+        let (Some(h), Err(SessionError::TlsHandshake(relay, e))) = (host, &first) else {
+            return first;
+        };
+        self.broken_tls.remember(h, now);
+        let ids: Vec<String> = pending.iter().map(|m| m.id.to_string()).collect();
+        warn!(
+            queue_id = %ids.join(","), relay,
+            for_secs = settings.delivery.tls_broken_for.as_secs(),
+            "TLS handshake failed ({e}); delivering in plaintext, and to this host without \
+             STARTTLS for a while"
+        );
+        self.connect(dest, &plain()).await
+    }
+
+    async fn connect(
         &self,
         dest: &Destination,
         settings: &ClientSettings,
@@ -192,7 +238,7 @@ impl Deliverer {
         let mut pending: VecDeque<JobMessage> = live.into();
         let mut last_error: Option<SessionError> = None;
         'dests: for dest in dests {
-            let mut client = match self.open(dest, settings).await {
+            let mut client = match self.open(dest, settings, &pending).await {
                 Ok(c) => c,
                 Err(e) => {
                     info!(domain = dest.host(), "{e}; trying the next destination");

@@ -406,6 +406,7 @@ fn queue_manager(
         spool: spool.clone(),
         settings: client_settings(cfg)?,
         tls_policy: cfg.tls_policy.clone(),
+        broken_tls: delivery::broken_tls::BrokenTls::new(cfg.delivery.tls_broken_for),
         source_address: cfg.delivery.source_address,
         max_queue_time: cfg.delivery.max_queue_time,
         counters: counters.delivery.clone(),

@@ -26,6 +26,10 @@ pub enum SessionError {
     Refused(String, Reply),
     #[error("{0}: TLS: {1}")]
     Tls(String, String),
+    /// The server agreed to STARTTLS and the handshake then failed (not a timeout): under
+    /// opportunistic TLS the deliverer tries the same host again in plaintext.
+    #[error("{0}: TLS: {1}")]
+    TlsHandshake(String, String),
     #[error("{0}: protocol error: {1}")]
     Protocol(String, String),
 }
