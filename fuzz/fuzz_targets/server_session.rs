@@ -61,6 +61,8 @@ fuzz_target!(|data: &[u8]| {
                 m.answer(Answer::Read(Ok(end - fed)));
                 fed = end;
             }
+            // An abort is told, not asked: it takes no answer.
+            Action::Milter(MilterCall::Abort) => {}
             Action::Milter(MilterCall::Message { .. }) => {
                 m.answer(Answer::MessageVerdict(Ok(Verdict::Continue)))
             }
