@@ -709,6 +709,30 @@ fn starttls() {
             ],
         },
         Case {
+            name: "offered, then refused, policy may: plaintext on the same connection",
+            greeting: greeting(false, TlsPolicy::Opportunistic),
+            msgs: vec![(env(&["b@y.test"]), b"x")],
+            server: &[
+                b"220 mx\r\n",
+                caps_tls,
+                b"454 4.7.0 TLS not available\r\n",
+                b"250 ok\r\n250 ok\r\n354 go\r\n",
+                b"250 queued\r\n",
+                b"221 bye\r\n",
+            ],
+            client: "EHLO me.test\r\nSTARTTLS\r\n\
+                MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n",
+            events: &["ready", "0 delivered 250 queued (Relayed)", "closed"],
+        },
+        Case {
+            name: "refused with 421, policy may: the connection is over",
+            greeting: greeting(false, TlsPolicy::Opportunistic),
+            msgs: vec![],
+            server: &[b"220 mx\r\n", caps_tls, b"421 4.3.2 shutting down\r\n"],
+            client: "EHLO me.test\r\nSTARTTLS\r\n",
+            events: &["failed: mx.test[192.0.2.1]: TLS: STARTTLS refused: 421 4.3.2 shutting down"],
+        },
+        Case {
             name: "plaintext after the 220 to STARTTLS is an injection, not a reply",
             greeting: greeting(false, TlsPolicy::Opportunistic),
             msgs: vec![],

@@ -212,6 +212,14 @@ impl ClientMachine {
                 self.out.push_back(Output::StartTls);
                 State::Handshake
             }
+            // Opportunistic TLS that the server declines (454 and the like, RFC 3207 §4)
+            // goes on in plaintext on the same connection, as Postfix's `may` does: the
+            // mail is not stranded for want of encryption nobody required. A 421 closes
+            // the connection whatever the policy.
+            State::StartTls if self.greeting.tls == TlsPolicy::Opportunistic && r.code() != 421 => {
+                self.out.push_back(Output::Ready);
+                State::Ready
+            }
             State::StartTls => {
                 let e = SessionError::Tls(self.relay.clone(), format!("STARTTLS refused: {r}"));
                 self.failed(e)
