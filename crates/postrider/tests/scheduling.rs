@@ -26,8 +26,12 @@ fn send(d: &Daemon, from: &str, to: &str) {
     assert!(text.contains("queued as S"), "{text}");
 }
 
+/// These tests measure the backoff schedule itself, to a tenth of a second: without jitter
+/// (its spread is tested on paused time in `crates/queue/tests/manager.rs`).
 fn route(domain: &str, port: u16, backoff: &str) -> String {
-    format!("[routes]\n\"{domain}\" = \"[127.0.0.1]:{port}\"\n[delivery]\nbackoff = {backoff}\n")
+    format!(
+        "[routes]\n\"{domain}\" = \"[127.0.0.1]:{port}\"\n[delivery]\nbackoff = {backoff}\nretry_jitter = 0\n"
+    )
 }
 
 /// Total attempts recorded for every recipient in the queue.
