@@ -4,19 +4,7 @@
 use smtp_proto::{Reply, Violation};
 use spool::{SpoolError, TxnId};
 
-/// A reply whose code, status and text never vary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Canned {
-    pub code: u16,
-    pub status: &'static str,
-    pub text: &'static str,
-}
-
-impl Canned {
-    pub fn reply(&self) -> Reply {
-        Reply::new(self.code, self.status.parse().ok(), self.text)
-    }
-}
+pub use smtp_proto::Canned;
 
 pub const TOO_MANY_HOPS: Canned = Canned {
     code: 554,

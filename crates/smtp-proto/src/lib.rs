@@ -21,4 +21,4 @@ pub use line::{CommandFramer, Frame};
 pub use params::{
     BodyType, MailParams, Notify, ParamError, RcptParams, Ret, xtext_decode, xtext_encode,
 };
-pub use reply::{EnhancedCode, Reply, ReplyError, ReplyParser};
+pub use reply::{Canned, EnhancedCode, Reply, ReplyError, ReplyParser};

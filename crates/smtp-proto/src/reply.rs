@@ -283,6 +283,20 @@ fn build(code: u16, lines: Vec<String>) -> Reply {
     }
 }
 
+/// A fixed reply, written once where it is named: a reply whose code, status and text never vary. An empty `status` sends none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canned {
+    pub code: u16,
+    pub status: &'static str,
+    pub text: &'static str,
+}
+
+impl Canned {
+    pub fn reply(&self) -> Reply {
+        Reply::new(self.code, self.status.parse().ok(), self.text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,19 +4,7 @@
 
 use smtp_proto::Reply;
 
-/// A reply whose code, status and text never vary. An empty `status` sends none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Canned {
-    pub code: u16,
-    pub status: &'static str,
-    pub text: &'static str,
-}
-
-impl Canned {
-    pub fn reply(&self) -> Reply {
-        Reply::new(self.code, self.status.parse().ok(), self.text)
-    }
-}
+pub use smtp_proto::Canned;
 
 const fn canned(code: u16, status: &'static str, text: &'static str) -> Canned {
     Canned { code, status, text }
